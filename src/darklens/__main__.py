@@ -1,0 +1,5 @@
+import sys
+
+from darklens.cli import main
+
+sys.exit(main())

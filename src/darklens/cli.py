@@ -1,0 +1,201 @@
+"""The ``darklens`` command line: argv -> one library call per subcommand.
+
+Library modules are imported inside each handler so ``darklens --help`` stays fast and a broken
+optional stage never stops the others.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from darklens import __version__
+from darklens.errors import DarklensError
+
+
+def _shard(text: str) -> tuple[int, int]:
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected i/n (e.g. 0/4), got {text!r}") from None
+    if n < 1 or not 0 <= i < n:
+        raise argparse.ArgumentTypeError(f"shard {text!r}: need 0 <= i < n")
+    return i, n
+
+
+def _add_device(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                   help="where to compute (auto: cuda when available)")
+
+
+def _cmd_download(a: argparse.Namespace) -> int | None:
+    from darklens.data.download import download
+
+    return download(a.source, out=a.out, force=a.force)
+
+
+def _cmd_inspect(a: argparse.Namespace) -> int | None:
+    from darklens.data.inspect import run_inspect
+
+    return run_inspect(a.data, allow_pickle=a.allow_pickle, as_json=a.json)
+
+
+def _cmd_simulate(a: argparse.Namespace) -> int | None:
+    from darklens.config import parse_set_args
+    from darklens.sim import simulate_dataset
+
+    simulate_dataset(
+        a.out, preset=a.preset, n_train=a.train, n_val=a.val, n_test=a.test, seed=a.seed,
+        device=a.device, batch=a.batch, shard=a.shard, overrides=parse_set_args(a.set),
+    )
+    return 0
+
+
+def _cmd_train(a: argparse.Namespace) -> int | None:
+    from darklens.config import parse_set_args
+    from darklens.train import train
+
+    train(
+        a.data, model=a.model, out=a.out, recipe=a.recipe, epochs=a.epochs, batch=a.batch,
+        lr=a.lr, device=a.device, resume=a.resume, seed=a.seed, allow_pickle=a.allow_pickle,
+        overrides=parse_set_args(a.set),
+    )
+    return 0
+
+
+def _cmd_evaluate(a: argparse.Namespace) -> int | None:
+    from darklens.evaluation import evaluate
+
+    evaluate(a.model, a.data, split=a.split, out=a.out, tta=a.tta,
+             allow_pickle=a.allow_pickle, device=a.device)
+    return 0
+
+
+def _cmd_predict(a: argparse.Namespace) -> int | None:
+    from darklens.evaluation import predict
+
+    return predict(a.model, a.inputs, out=a.out, skip_bad=a.skip_bad, tta=a.tta,
+                   allow_pickle=a.allow_pickle, device=a.device)
+
+
+def _cmd_export(a: argparse.Namespace) -> int | None:
+    from darklens.evaluation import export_onnx
+
+    export_onnx(a.model, a.onnx)
+    return 0
+
+
+def _cmd_models(a: argparse.Namespace) -> int | None:
+    from darklens.models.listing import print_models
+
+    print_models(pattern=a.pattern)
+    return 0
+
+
+def _cmd_demo(a: argparse.Namespace) -> int | None:
+    from darklens.demo import run_demo
+
+    run_demo(out=a.out, device=a.device)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="darklens",
+        description="Find dark matter substructure in strong gravitational lenses.",
+    )
+    parser.add_argument("--version", action="version", version=f"darklens {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("download", help="fetch and safely unpack a public DeepLense dataset")
+    p.add_argument("source", help="dataset NAME (common-test, model-i, ...), http(s) URL or .zip")
+    p.add_argument("--out", required=True, help="folder to unpack into")
+    p.add_argument("--force", action="store_true", help="overwrite a non-empty --out")
+    p.set_defaults(func=_cmd_download)
+
+    p = sub.add_parser("inspect", help="check a dataset: counts, shapes, problems, leakage")
+    p.add_argument("data", help="dataset folder or .zip")
+    p.add_argument("--allow-pickle", action="store_true",
+                   help="load pickled .npy files (Model I axion); runs code from the file")
+    p.add_argument("--json", action="store_true", help="print one JSON object to stdout")
+    p.set_defaults(func=_cmd_inspect)
+
+    p = sub.add_parser("simulate", help="simulate a lensing dataset (Common Test layout)")
+    p.add_argument("out", help="output folder")
+    p.add_argument("--preset", default="model_a", help="simulation preset (default model_a)")
+    p.add_argument("--train", type=int, required=True, help="training images per class")
+    p.add_argument("--val", type=int, required=True, help="validation images per class")
+    p.add_argument("--test", type=int, default=0, help="test images per class")
+    p.add_argument("--seed", type=int, default=0)
+    _add_device(p)
+    p.add_argument("--batch", type=int, default=None, help="images per simulated batch")
+    p.add_argument("--shard", type=_shard, default=(0, 1), help="write only part i of n (i/n)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a preset range")
+    p.set_defaults(func=_cmd_simulate)
+
+    p = sub.add_parser("train", help="train a classifier")
+    p.add_argument("data", help="dataset folder or .zip, or sim:PRESET for on-the-fly data")
+    p.add_argument("--model", default="densenet_cbam", help="registered model name")
+    p.add_argument("--out", required=True, help="run folder")
+    p.add_argument("--recipe", default="fast", choices=["fast", "seed"])
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--batch", type=int, default=None)
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    _add_device(p)
+    p.add_argument("--resume", action="store_true", help="continue from RUN/last.*")
+    p.add_argument("--allow-pickle", action="store_true")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("evaluate", help="score a model: AUCs, ROC, confusion, calibration")
+    p.add_argument("model", help="run folder, checkpoint file or pretrained:<name>")
+    p.add_argument("data", help="dataset folder or .zip")
+    p.add_argument("--split", default="test", choices=["val", "test", "all"])
+    p.add_argument("--out", required=True, help="report folder")
+    p.add_argument("--tta", action="store_true", help="average the 8 D4 rotations/flips")
+    p.add_argument("--allow-pickle", action="store_true")
+    _add_device(p)
+    p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("predict", help="class probabilities for .npy files, folders or zips")
+    p.add_argument("model", help="run folder, checkpoint file or pretrained:<name>")
+    p.add_argument("inputs", nargs="+", help=".npy files, folders or zips")
+    p.add_argument("--out", required=True, help="CSV file to write")
+    p.add_argument("--skip-bad", action="store_true", help="skip unreadable files, list them")
+    p.add_argument("--tta", action="store_true")
+    p.add_argument("--allow-pickle", action="store_true")
+    _add_device(p)
+    p.set_defaults(func=_cmd_predict)
+
+    p = sub.add_parser("export", help="export a model to ONNX")
+    p.add_argument("model", help="run folder, checkpoint file or pretrained:<name>")
+    p.add_argument("--onnx", required=True, help="output .onnx file")
+    p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser("models", help="list registered models and shipped pretrained weights")
+    p.add_argument("pattern", nargs="?", default="*")
+    p.set_defaults(func=_cmd_models)
+
+    p = sub.add_parser("demo", help="simulate, train, evaluate: the whole job on a small CPU")
+    p.add_argument("--out", default="runs/demo")
+    _add_device(p)
+    p.set_defaults(func=_cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        code = args.func(args)
+    except DarklensError as e:
+        print(f"darklens: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("darklens: interrupted", file=sys.stderr)
+        return 130
+    return int(code or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
