@@ -1,0 +1,542 @@
+"""``darklens download``: fetch a public DeepLense dataset and unpack it safely.
+
+Sources: a dataset NAME from :data:`DATASETS` (Google Drive, fetched with gdown like the
+notebook did), any http(s) URL (standard library, HTTP Range resume) or a local ``.zip``.
+
+Where files go: archives are downloaded into a cache folder, ``$DARKLENS_CACHE`` if set, else
+``$XDG_CACHE_HOME/darklens/downloads`` (``~/.cache/darklens/downloads``), never into ``--out``. The
+cache outlives a failed or refused extraction, so running the same command again resumes or reuses
+the download instead of fetching a gigabyte twice; delete the folder to reclaim the space. A
+download in progress is named ``FILE.part`` (gdown: ``FILE<random>.part``) and is renamed to
+``FILE`` (``os.replace``) only once its size matched Content-Length, so a killed download never
+leaves a file that looks finished.
+
+Extraction: every member name of every archive is checked before anything is written (zip-slip:
+absolute paths, drive letters, ``..`` components, symlinks and other special files are refused).
+Members are unpacked into a hidden sibling folder of ``--out`` and moved into ``--out`` only when
+all archives unpacked cleanly, so a failure leaves nothing half-extracted there. ``--force``
+replaces the top-level entries the archive brings (e.g. ``train/``, ``val/``) and keeps the rest.
+"""
+
+from __future__ import annotations
+
+import http.client
+import inspect
+import os
+import re
+import shutil
+import stat
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import zipfile
+import zlib
+from dataclasses import dataclass
+from hashlib import sha256
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from darklens import __version__
+from darklens.errors import DarklensError
+
+OFFLINE_HINT = (
+    "offline alternative: darklens simulate DIR --preset model_a --train 1000 --val 250"
+)
+#: extra attempts after an interrupted transfer (each resumes where the last one stopped)
+RETRIES = 3
+#: seconds before the first retry; doubles each time (tests set it to 0)
+RETRY_BACKOFF_S = 1.0
+#: seconds without a byte from the server before an attempt counts as interrupted
+TIMEOUT_S = 60.0
+CHUNK_BYTES = 1 << 20
+
+# Folder names that carry meaning for the readers: never strip them as a "wrapper" folder.
+_SPLIT_NAMES = ("train", "val", "test")
+_CLASS_NAMES = ("no", "no_sub", "sphere", "cdm", "subhalo", "vort", "axion", "vortex")
+# Archive clutter from macOS Finder: not data, skipped on extraction.
+_JUNK_NAMES = ("__MACOSX", ".DS_Store")
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    """One archive of a known dataset.
+
+    Attributes:
+        drive_id: Google Drive file id.
+        filename: name of the downloaded archive in the cache.
+        subdir: folder inside ``--out`` that receives its contents ("" for ``--out`` itself).
+    """
+
+    drive_id: str
+    filename: str
+    subdir: str = ""
+
+
+#: Public DeepLense datasets (ids from ML4SCI/DeepLense and DeepLenseSim; several are dead today).
+DATASETS: dict[str, tuple[RemoteFile, ...]] = {
+    "common-test": (RemoteFile("1B_UZtU4W65ZViTJsLeFfvK-xXCYUhw2A", "common-test.zip"),),
+    "model-i": (
+        RemoteFile("1QMVLpqag6S9JWqzmGM_pK4C0F1eBVIfV", "model-i-train.zip", "train"),
+        RemoteFile("1rUAKLLS3p9jDaL9R9m84JVKvMcUuVsO1", "model-i-test.zip", "test"),
+    ),
+    "model-ii": (
+        RemoteFile("1HYPkdtVUj9xsoGzFDxT4rhl37KmqDCg4", "model-ii-train.zip", "train"),
+        RemoteFile("1PFdpqk7XOAKtg0Cnav4HTzyJiudx9dZv", "model-ii-test.zip", "test"),
+    ),
+    "model-iii": (
+        RemoteFile("1ynKMJoEeKKJqLfuKRR1Y7rQjeBMM0w94", "model-iii-train.zip", "train"),
+        RemoteFile("18BuCv40t6qmiNnhjJF1y9rqSBhBOfDon", "model-iii-test.zip", "test"),
+    ),
+}
+
+
+class _Interrupted(Exception):
+    """A transfer stopped early in a way that another (resumed) attempt may fix."""
+
+
+def cache_dir() -> Path:
+    """The download cache: ``$DARKLENS_CACHE``, else ``$XDG_CACHE_HOME/darklens/downloads``."""
+    if os.environ.get("DARKLENS_CACHE"):
+        return Path(os.environ["DARKLENS_CACHE"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base).expanduser() / "darklens" / "downloads"
+
+
+def download(source: str, *, out: str | os.PathLike, force: bool = False) -> int:
+    """Fetch ``source``, unpack it safely into ``out``, then print the ``inspect`` report.
+
+    Args:
+        source: a dataset name from :data:`DATASETS`, an http(s) URL or a local ``.zip`` path.
+        out: folder to unpack into; created if missing.
+        force: allow a non-empty ``out``; the archive's top-level entries replace same-named ones.
+
+    Returns:
+        0 on success.
+
+    Raises:
+        DarklensError: one line for a dead link, an interrupted download, an unsafe or corrupt
+            archive, or a non-empty ``out`` without ``force``.
+    """
+    out_dir = Path(out).expanduser().resolve()
+    _check_out_dir(out_dir, force)  # before downloading: never fetch a gigabyte to then refuse
+    archives = _fetch(source)
+    n_files = unpack(archives, out_dir)
+    print(f"darklens: unpacked {n_files} files into {out_dir}", file=sys.stderr)
+
+    from darklens.data.inspect import format_report, inspect_dataset
+
+    try:
+        report = inspect_dataset(out_dir, allow_pickle=False)
+    except DarklensError as e:
+        raise DarklensError(f"{out_dir}: unpacked, but the dataset check failed: {e}") from None
+    print(format_report(report))
+    return 0
+
+
+def _check_out_dir(out_dir: Path, force: bool) -> None:
+    if out_dir.exists() and not out_dir.is_dir():
+        raise DarklensError(f"{out_dir}: exists and is not a folder")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not force:
+        raise DarklensError(
+            f"{out_dir}: folder is not empty; pass --force to replace the entries the archive "
+            "brings (other files are kept)"
+        )
+
+
+def _fetch(source: str) -> list[tuple[Path, str, bool]]:
+    """Resolve ``source`` to local archives: (path, subdir inside out, path is in our cache)."""
+    name = source.strip().lower()
+    if name in DATASETS:
+        return [(fetch_drive(f.drive_id, cache_dir() / f.filename, what=f"{name} ({f.filename})"),
+                 f.subdir, True) for f in DATASETS[name]]
+    if re.match(r"https?://", source, flags=re.IGNORECASE):
+        dest = cache_dir() / _cache_name(source)
+        host = (urllib.parse.urlsplit(source).hostname or "").lower()
+        if host in ("drive.google.com", "docs.google.com", "drive.usercontent.google.com"):
+            return [(fetch_drive(None, dest, url=source, what=source), "", True)]
+        return [(fetch_url(source, dest), "", True)]
+    path = Path(source).expanduser()
+    if path.is_file():
+        return [(path, "", False)]
+    if path.is_dir():
+        raise DarklensError(f"{source}: is a folder, not an archive; darklens reads folders as "
+                            f"they are (try: darklens inspect {source})")
+    if path.suffix.lower() == ".zip" or os.sep in source or "/" in source:
+        raise DarklensError(f"{source}: no such file")
+    raise DarklensError(f"{source}: unknown dataset; expected one of {', '.join(DATASETS)}, "
+                        "an http(s) URL or a .zip file")
+
+
+def _cache_name(url: str) -> str:
+    """A cache file name for a URL: a short hash (distinct URLs never collide) + its basename."""
+    base = Path(urllib.parse.unquote(urllib.parse.urlsplit(url).path)).name
+    base = re.sub(r"[^A-Za-z0-9._-]", "_", base)[-80:] or "download"
+    return f"{sha256(url.encode()).hexdigest()[:12]}-{base}"
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split()) or type(e).__name__
+
+
+def _http_problem(code: int | None) -> str:
+    if code in (404, 410):
+        return f"the link is dead (HTTP {code})"
+    if code in (401, 403):
+        return f"access denied (HTTP {code}): the link is private or over its download quota"
+    if code == 429:
+        return "the link is over its download quota (HTTP 429)"
+    return f"the server answered HTTP {code}"
+
+
+# --------------------------------------------------------------------------- plain http(s)
+
+
+def fetch_url(url: str, dest: str | os.PathLike, *, retries: int | None = None,
+              progress: bool = True) -> Path:
+    """Download ``url`` to ``dest`` with HTTP Range resume; ``dest`` appears only when complete.
+
+    Bytes go to ``dest + ".part"``; an existing part is resumed with ``Range: bytes=N-`` (and
+    restarted when the server ignores Range and answers 200). Up to ``retries`` interrupted
+    attempts are resumed automatically; after that the part stays for the next run to resume.
+
+    Args:
+        url: http(s) URL.
+        dest: final file path; returned as is when it already exists (the cache).
+        retries: extra attempts after an interruption (default :data:`RETRIES`).
+        progress: show a tqdm bar on stderr.
+
+    Returns:
+        ``dest`` as a Path.
+    """
+    dest = Path(dest)
+    if dest.is_file():
+        print(f"darklens: using cached {dest}", file=sys.stderr)
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part = dest.with_name(dest.name + ".part")
+    retries = RETRIES if retries is None else retries
+    for attempt in range(retries + 1):
+        try:
+            _fetch_once(url, part, progress)
+            break
+        except _Interrupted as e:
+            if attempt == retries:
+                kept = part.stat().st_size if part.exists() else 0
+                if kept:
+                    raise DarklensError(
+                        f"{url}: download interrupted ({e}) after {retries + 1} tries; {kept} "
+                        f"bytes kept in {part}; run the same command again to resume") from None
+                raise DarklensError(f"{url}: download failed ({e}) after {retries + 1} tries; "
+                                    f"{OFFLINE_HINT}") from None
+            time.sleep(RETRY_BACKOFF_S * 2**attempt)
+    os.replace(part, dest)
+    return dest
+
+
+def _fetch_once(url: str, part: Path, progress: bool) -> None:
+    """One attempt: append the missing bytes to ``part``; raise _Interrupted when incomplete."""
+    have = part.stat().st_size if part.exists() else 0
+    headers = {"User-Agent": f"darklens/{__version__}", "Accept-Encoding": "identity"}
+    if have:
+        headers["Range"] = f"bytes={have}-"
+    try:
+        resp = urllib.request.urlopen(urllib.request.Request(url, headers=headers),
+                                      timeout=TIMEOUT_S)
+    except urllib.error.HTTPError as e:
+        e.close()
+        if e.code == 416 and have:
+            # Asked beyond the end: the part is complete if the server says so, else start over.
+            if _content_range(e.headers.get("Content-Range"))[1] == have:
+                return
+            part.unlink()
+            raise _Interrupted("server refused to resume (HTTP 416); restarting") from None
+        if e.code >= 500:
+            raise _Interrupted(f"HTTP {e.code}") from None
+        _unlink_if_empty(part)
+        raise DarklensError(f"{url}: {_http_problem(e.code)}; {OFFLINE_HINT}") from None
+    except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
+        _unlink_if_empty(part)
+        reason = e.reason if isinstance(e, urllib.error.URLError) else e
+        raise _Interrupted(f"cannot reach the server: {_one_line(reason)}") from None
+
+    with resp:
+        length = resp.headers.get("Content-Length")
+        length = int(length) if length and length.isdigit() else None
+        if have and resp.status == 206:
+            start, _ = _content_range(resp.headers.get("Content-Range"))
+            if start != have:
+                part.unlink()
+                raise _Interrupted(f"server resumed at byte {start}, not {have}; restarting")
+            mode = "ab"
+        else:  # 200: a fresh start, or a server that ignores Range (restart, never append)
+            have, mode = 0, "wb"
+            if "text/html" in resp.headers.get("Content-Type", ""):
+                _unlink_if_empty(part)
+                raise DarklensError(f"{url}: the server sent a web page instead of a file (dead "
+                                    f"link or over quota); {OFFLINE_HINT}")
+        total = have + length if length is not None else None
+        if total is not None:
+            free = shutil.disk_usage(part.parent).free
+            if total - have > free:
+                raise DarklensError(f"{part.parent}: not enough disk space ({total - have} bytes "
+                                    f"needed, {free} free)")
+        with open(part, mode) as f, tqdm(total=total, initial=have, unit="B", unit_scale=True,
+                                         unit_divisor=1024, desc=part.name[:-5],
+                                         disable=not progress or None) as bar:
+            try:
+                while chunk := resp.read(CHUNK_BYTES):
+                    f.write(chunk)
+                    bar.update(len(chunk))
+            except (OSError, http.client.HTTPException) as e:  # reset, timeout, IncompleteRead
+                raise _Interrupted(_one_line(e)) from None
+            finally:
+                f.flush()
+                os.fsync(f.fileno())
+    size = part.stat().st_size
+    if total is not None and size > total:
+        part.unlink()
+        raise _Interrupted(f"received {size} bytes, more than the announced {total}; restarting")
+    if total is not None and size < total:
+        # http.client returns short reads at EOF silently: Content-Length is the only witness.
+        raise _Interrupted(f"connection closed after {size} of {total} bytes")
+
+
+def _content_range(value: str | None) -> tuple[int | None, int | None]:
+    """(first byte, total size) from ``bytes A-B/T`` or ``bytes */T``; None where absent."""
+    m = re.fullmatch(r"\s*bytes\s+(?:(\d+)-\d+|\*)/(\d+|\*)\s*", value or "")
+    if not m:
+        return None, None
+    start, total = m.groups()
+    return (int(start) if start else None), (int(total) if total and total != "*" else None)
+
+
+def _unlink_if_empty(path: Path) -> None:
+    if path.exists() and path.stat().st_size == 0:
+        path.unlink()
+
+
+# --------------------------------------------------------------------------- Google Drive
+
+
+def fetch_drive(drive_id: str | None, dest: Path, *, url: str | None = None,
+                what: str = "") -> Path:
+    """Download a Google Drive file with gdown (resumable, moved into place when complete).
+
+    Args:
+        drive_id: Drive file id (or None with ``url``).
+        dest: final file path; returned as is when it already exists (the cache).
+        url: a Drive URL instead of an id.
+        what: how to name the file in error messages.
+
+    Returns:
+        ``dest``.
+    """
+    if dest.is_file():
+        print(f"darklens: using cached {dest}", file=sys.stderr)
+        return dest
+    import gdown
+    import requests
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    what = f"Google Drive file {drive_id or url} [{what}]" if what else f"{drive_id or url}"
+    kwargs = {"output": str(dest), "quiet": False, "resume": True}
+    if drive_id:
+        kwargs["id"] = drive_id
+    else:
+        kwargs["url"] = url
+    accepted = inspect.signature(gdown.download).parameters
+    kwargs.update({k: v for k, v in (("retries", RETRIES), ("timeout", TIMEOUT_S))
+                   if k in accepted})  # newer gdown only
+    retrieval_error = getattr(gdown.exceptions, "FileURLRetrievalError", ())
+    download_error = getattr(gdown.exceptions, "DownloadError", retrieval_error)
+    try:
+        result = gdown.download(**kwargs)
+    except retrieval_error as e:
+        raise DarklensError(f"{what}: the link is dead, private or over its download quota "
+                            f"(gdown: {_one_line(e)}); {OFFLINE_HINT}") from None
+    except requests.HTTPError as e:
+        code = e.response.status_code if e.response is not None else None
+        raise DarklensError(f"{what}: {_http_problem(code)}; {OFFLINE_HINT}") from None
+    except (download_error, requests.RequestException, OSError) as e:
+        raise DarklensError(f"{what}: download interrupted ({_one_line(e)}); run the same "
+                            "command again to resume") from None
+    if result is None or not dest.is_file():  # older gdown prints the problem and returns None
+        raise DarklensError(f"{what}: download failed (see gdown's message above); "
+                            f"{OFFLINE_HINT}")
+    return dest
+
+
+# --------------------------------------------------------------------------- safe extraction
+
+
+def unpack(archives: list[tuple[Path, str, bool]], out_dir: Path) -> int:
+    """Check, unpack and move archives into ``out_dir``; nothing lands there on failure.
+
+    Args:
+        archives: (zip path, subdir inside ``out_dir``, path is a cache file we may delete).
+        out_dir: destination folder (absolute); checked by the caller for emptiness.
+
+    Returns:
+        The number of files unpacked.
+    """
+    checked = [(path, subdir, owned, _checked_members(path, owned)) for path, subdir, owned
+               in archives]  # every archive is vetted before a single byte is written
+    total = sum(info.file_size for *_, members in checked for info, _ in members)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(out_dir.parent).free
+    if total > free:
+        raise DarklensError(f"{out_dir}: not enough disk space to unpack ({total} bytes needed, "
+                            f"{free} free)")
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
+    try:
+        root = staging / "root"
+        n_files = 0
+        with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024,
+                  desc="unpacking", disable=None) as bar:
+            for i, (path, subdir, owned, members) in enumerate(checked):
+                extracted = staging / f"archive{i}"
+                n_files += _extract(path, owned, members, extracted, bar)
+                content = _content_root(extracted, strip_splits=bool(subdir))
+                _merge(content, root / subdir if subdir else root)
+        if n_files == 0:
+            raise DarklensError(f"{archives[0][0]}: the archive contains no files")
+        _install(root, out_dir)
+        return n_files
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _checked_members(path: Path, owned: bool) -> list[tuple[zipfile.ZipInfo, list[str]]]:
+    """Every member with its path components; raise on any unsafe entry (zip-slip)."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            infos = zf.infolist()
+    except (zipfile.BadZipFile, OSError) as e:
+        raise _bad_archive(path, owned, e) from None
+    members = []
+    for info in infos:
+        members.append((info, _safe_parts(path, info)))
+    return members
+
+
+def _safe_parts(path: Path, info: zipfile.ZipInfo) -> list[str]:
+    name = info.filename
+    unsafe = f"{path}: unsafe entry {name!r}"
+    refusal = "refusing to extract anything (zip-slip)"
+    norm = name.replace("\\", "/")  # a backslash is a separator on Windows: treat it as one
+    if norm.startswith("/") or re.match(r"[A-Za-z]:", norm):
+        raise DarklensError(f"{unsafe} is an absolute path; {refusal}")
+    if "\x00" in name:
+        raise DarklensError(f"{unsafe} contains a NUL byte; {refusal}")
+    parts = [p for p in norm.split("/") if p not in ("", ".")]
+    if ".." in parts:
+        raise DarklensError(f"{unsafe} climbs out of the folder (..); {refusal}")
+    mode = info.external_attr >> 16  # unix st_mode, when the zip was made on unix
+    if stat.S_ISLNK(mode):
+        raise DarklensError(f"{unsafe} is a symbolic link; {refusal}")
+    if stat.S_IFMT(mode) not in (0, stat.S_IFREG, stat.S_IFDIR):
+        raise DarklensError(f"{unsafe} is a special file (mode {mode:o}); {refusal}")
+    return parts
+
+
+def _bad_archive(path: Path, owned: bool, e: BaseException) -> DarklensError:
+    """A one-line error for an unreadable archive; a broken cache file is removed."""
+    web_page = False
+    try:
+        with open(path, "rb") as f:
+            web_page = f.read(512).lstrip().lower().startswith((b"<!doctype html", b"<html"))
+    except OSError:
+        pass
+    if owned:  # our own cache file: delete it so the next run downloads afresh
+        path.unlink(missing_ok=True)
+    if web_page:
+        return DarklensError(f"{path}: got a web page instead of a zip archive (dead link or "
+                             f"over quota); {OFFLINE_HINT}")
+    again = "; it was removed from the cache, run the command again" if owned else ""
+    return DarklensError(f"{path}: not a readable zip archive ({_one_line(e)}){again}")
+
+
+def _extract(path: Path, owned: bool, members, dest: Path, bar: tqdm) -> int:
+    """Write checked members under ``dest`` (our own path joining, not ZipFile.extract)."""
+    dest.mkdir()
+    n_files = 0
+    try:
+        with zipfile.ZipFile(path) as zf:
+            for info, parts in members:
+                if not parts or parts[0] in _JUNK_NAMES or parts[-1] in _JUNK_NAMES:
+                    continue
+                target = dest.joinpath(*parts)
+                if info.is_dir():
+                    target.mkdir(parents=True, exist_ok=True)
+                    continue
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with zf.open(info) as src, open(target, "wb") as dst:
+                    while chunk := src.read(CHUNK_BYTES):
+                        dst.write(chunk)
+                        bar.update(len(chunk))
+                n_files += 1
+    except (zipfile.BadZipFile, zlib.error, EOFError) as e:  # CRC mismatch, truncated data
+        raise _bad_archive(path, owned, e) from None
+    except (NotImplementedError, RuntimeError) as e:  # deflate64, encryption
+        raise DarklensError(f"{path}: {_one_line(e)}; unpack it with another tool and give "
+                            "darklens the folder") from None
+    except OSError as e:
+        raise DarklensError(f"{path}: cannot unpack ({_one_line(e)})") from None
+    return n_files
+
+
+def _content_root(folder: Path, *, strip_splits: bool) -> Path:
+    """Skip wrapper folders (``dataset/`` in the Common Test zip) down to the data itself.
+
+    A lone folder named like a class (``no``, ``cdm``...) is data and stays; a lone split folder
+    stays too, unless the archive already goes into a split subdir (``strip_splits``).
+    """
+    keep = _CLASS_NAMES if strip_splits else _CLASS_NAMES + _SPLIT_NAMES
+    while True:
+        entries = list(folder.iterdir())
+        if len(entries) != 1 or not entries[0].is_dir() or entries[0].name.lower() in keep:
+            return folder
+        folder = entries[0]
+
+
+def _merge(src: Path, dest: Path) -> None:
+    """Move ``src`` to ``dest``, or its entries into ``dest`` when that exists already."""
+    if not dest.exists():
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(src, dest)
+        return
+    for entry in src.iterdir():
+        target = dest / entry.name
+        if target.exists():
+            raise DarklensError(f"{dest.name}/{entry.name}: two archives both contain it")
+        os.replace(entry, target)
+
+
+def _install(root: Path, out_dir: Path) -> None:
+    """Move the unpacked tree into ``out_dir`` with renames only (same filesystem)."""
+    if not out_dir.exists():
+        os.replace(root, out_dir)
+        return
+    trash = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
+    replaced, installed = [], []
+    try:
+        for entry in sorted(root.iterdir()):
+            target = out_dir / entry.name
+            if target.exists() or target.is_symlink():
+                os.replace(target, trash / entry.name)  # --force: set aside, deleted on success
+                replaced.append(entry.name)
+            os.replace(entry, target)
+            installed.append(entry.name)
+    except OSError as e:
+        for name in installed:  # roll back so out_dir looks as it did
+            os.replace(out_dir / name, root / name)
+        for name in replaced:
+            os.replace(trash / name, out_dir / name)
+        raise DarklensError(f"{out_dir}: cannot move the unpacked files in ({_one_line(e)})") \
+            from None
+    finally:
+        shutil.rmtree(trash, ignore_errors=True)
