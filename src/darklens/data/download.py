@@ -3,8 +3,8 @@
 Sources: a dataset NAME from :data:`DATASETS` (Google Drive, fetched with gdown like the
 notebook did), any http(s) URL (standard library, HTTP Range resume) or a local ``.zip``.
 
-Where files go: archives are downloaded into a cache folder, ``$DARKLENS_CACHE`` if set, else
-``$XDG_CACHE_HOME/darklens/downloads`` (``~/.cache/darklens/downloads``), never into ``--out``. The
+Where files go: archives are downloaded into ``$DARKLENS_CACHE/downloads`` (default
+``~/.cache/darklens/downloads``, beside the packed-array cache), never into ``--out``. The
 cache outlives a failed or refused extraction, so running the same command again resumes or reuses
 the download instead of fetching a gigabyte twice; delete the folder to reclaim the space. A
 download in progress is named ``FILE.part`` (gdown: ``FILE<random>.part``) and is renamed to
@@ -99,11 +99,9 @@ class _Interrupted(Exception):
 
 
 def cache_dir() -> Path:
-    """The download cache: ``$DARKLENS_CACHE``, else ``$XDG_CACHE_HOME/darklens/downloads``."""
-    if os.environ.get("DARKLENS_CACHE"):
-        return Path(os.environ["DARKLENS_CACHE"]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base).expanduser() / "darklens" / "downloads"
+    """The download cache: ``$DARKLENS_CACHE/downloads`` (default ``~/.cache/darklens/...``)."""
+    base = os.environ.get("DARKLENS_CACHE") or Path.home() / ".cache" / "darklens"
+    return Path(base).expanduser() / "downloads"
 
 
 def download(source: str, *, out: str | os.PathLike, force: bool = False) -> int:
