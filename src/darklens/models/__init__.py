@@ -1,0 +1,11 @@
+"""Models: a timm-style registry of classifiers mapping (B, C, H, W) to logits (B, num_classes).
+
+Importing this package registers every built-in family.
+"""
+
+from darklens.models.registry import create_model, is_model, list_models, register_model
+
+# Imported for their @register_model side effects.
+from darklens.models import densenet_cbam as _densenet_cbam  # noqa: E402, F401, I001
+
+__all__ = ["create_model", "is_model", "list_models", "register_model"]
