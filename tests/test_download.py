@@ -367,3 +367,30 @@ def test_unreachable_server_is_one_line(tmp_path, server):
     msg = assert_one_line(e)
     assert "cannot reach the server" in msg and "2 tries" in msg
     assert list(tmp_path.iterdir()) == []
+
+
+def test_named_dataset_network_failures(tmp_path, monkeypatch, isolated_cache):
+    import gdown
+    import requests
+
+    def unreachable(**kw):
+        raise requests.ConnectionError("Failed to resolve 'drive.google.com'")
+
+    monkeypatch.setattr(gdown, "download", unreachable)
+    with pytest.raises(DarklensError) as e:
+        dl.download("model-ii", out=tmp_path / "m2")
+    msg = assert_one_line(e)
+    assert msg.startswith("model-ii: Google Drive file 1HYPkdtVUj9xsoGzFDxT4rhl37KmqDCg4")
+    assert "download failed" in msg and "darklens simulate" in msg
+
+    def cut_midway(**kw):  # gdown leaves its partial file beside the output, then raises
+        Path(kw["output"] + "abcd1234.part").write_bytes(b"PK\x03\x04partial")
+        raise gdown.exceptions.DownloadError("Response ended before the announced size")
+
+    monkeypatch.setattr(gdown, "download", cut_midway)
+    with pytest.raises(DarklensError) as e:
+        dl.download("common-test", out=tmp_path / "ct")
+    msg = assert_one_line(e)
+    assert "interrupted" in msg and "run the same command again to resume" in msg
+    assert not (isolated_cache / "downloads" / "common-test.zip").exists()
+    assert not (tmp_path / "ct").exists() and not (tmp_path / "m2").exists()

@@ -20,6 +20,7 @@ replaces the top-level entries the archive brings (e.g. ``train/``, ``val/``) an
 
 from __future__ import annotations
 
+import glob
 import http.client
 import inspect
 import os
@@ -149,13 +150,13 @@ def _fetch(source: str) -> list[tuple[Path, str, bool]]:
     """Resolve ``source`` to local archives: (path, subdir inside out, path is in our cache)."""
     name = source.strip().lower()
     if name in DATASETS:
-        return [(fetch_drive(f.drive_id, cache_dir() / f.filename, what=f"{name} ({f.filename})"),
+        return [(fetch_drive(f.drive_id, cache_dir() / f.filename, what=name),
                  f.subdir, True) for f in DATASETS[name]]
     if re.match(r"https?://", source, flags=re.IGNORECASE):
         dest = cache_dir() / _cache_name(source)
         host = (urllib.parse.urlsplit(source).hostname or "").lower()
         if host in ("drive.google.com", "docs.google.com", "drive.usercontent.google.com"):
-            return [(fetch_drive(None, dest, url=source, what=source), "", True)]
+            return [(fetch_drive(None, dest, url=source), "", True)]
         return [(fetch_url(source, dest), "", True)]
     path = Path(source).expanduser()
     if path.is_file():
@@ -176,8 +177,10 @@ def _cache_name(url: str) -> str:
     return f"{sha256(url.encode()).hexdigest()[:12]}-{base}"
 
 
-def _one_line(e: BaseException) -> str:
-    return " ".join(str(e).split()) or type(e).__name__
+def _one_line(e: BaseException, limit: int = 300) -> str:
+    """The exception as one line, cut at ``limit`` characters (requests' messages run long)."""
+    text = " ".join(str(e).split()) or type(e).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _http_problem(code: int | None) -> str:
@@ -328,7 +331,7 @@ def fetch_drive(drive_id: str | None, dest: Path, *, url: str | None = None,
         drive_id: Drive file id (or None with ``url``).
         dest: final file path; returned as is when it already exists (the cache).
         url: a Drive URL instead of an id.
-        what: how to name the file in error messages.
+        what: the dataset name, for error messages.
 
     Returns:
         ``dest``.
@@ -340,7 +343,7 @@ def fetch_drive(drive_id: str | None, dest: Path, *, url: str | None = None,
     import requests
 
     dest.parent.mkdir(parents=True, exist_ok=True)
-    what = f"Google Drive file {drive_id or url} [{what}]" if what else f"{drive_id or url}"
+    what = f"{what}: Google Drive file {drive_id}" if drive_id else str(url)
     kwargs = {"output": str(dest), "quiet": False, "resume": True}
     if drive_id:
         kwargs["id"] = drive_id
@@ -355,13 +358,18 @@ def fetch_drive(drive_id: str | None, dest: Path, *, url: str | None = None,
         result = gdown.download(**kwargs)
     except retrieval_error as e:
         raise DarklensError(f"{what}: the link is dead, private or over its download quota "
-                            f"(gdown: {_one_line(e)}); {OFFLINE_HINT}") from None
+                            f"(gdown: {_one_line(e, 200)}); {OFFLINE_HINT}") from None
     except requests.HTTPError as e:
         code = e.response.status_code if e.response is not None else None
         raise DarklensError(f"{what}: {_http_problem(code)}; {OFFLINE_HINT}") from None
     except (download_error, requests.RequestException, OSError) as e:
-        raise DarklensError(f"{what}: download interrupted ({_one_line(e)}); run the same "
-                            "command again to resume") from None
+        # gdown keeps partial bytes in DEST<8 random chars>.part and resumes from it next time
+        parts = dest.parent.glob(f"{glob.escape(dest.name)}????????.part")
+        if any(p.stat().st_size for p in parts):
+            raise DarklensError(f"{what}: download interrupted ({_one_line(e, 200)}); run the "
+                                "same command again to resume") from None
+        raise DarklensError(f"{what}: download failed ({_one_line(e, 200)}); "
+                            f"{OFFLINE_HINT}") from None
     if result is None or not dest.is_file():  # older gdown prints the problem and returns None
         raise DarklensError(f"{what}: download failed (see gdown's message above); "
                             f"{OFFLINE_HINT}")
