@@ -394,3 +394,14 @@ def test_named_dataset_network_failures(tmp_path, monkeypatch, isolated_cache):
     assert "interrupted" in msg and "run the same command again to resume" in msg
     assert not (isolated_cache / "downloads" / "common-test.zip").exists()
     assert not (tmp_path / "ct").exists() and not (tmp_path / "m2").exists()
+
+
+def test_unwritable_cache_is_one_line(tmp_path, monkeypatch, server):
+    server.files["/d.zip"] = make_zip(common_test_entries())
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the cache folder should be")
+    monkeypatch.setenv("DARKLENS_CACHE", str(blocker))
+    with pytest.raises(DarklensError) as e:
+        dl.download(f"{server.url}/d.zip", out=tmp_path / "out")
+    assert str(blocker) in assert_one_line(e)
+    assert not (tmp_path / "out").exists()

@@ -122,8 +122,12 @@ def download(source: str, *, out: str | os.PathLike, force: bool = False) -> int
     """
     out_dir = Path(out).expanduser().resolve()
     _check_out_dir(out_dir, force)  # before downloading: never fetch a gigabyte to then refuse
-    archives = _fetch(source)
-    n_files = unpack(archives, out_dir)
+    try:
+        archives = _fetch(source)
+        n_files = unpack(archives, out_dir)
+    except OSError as e:  # permissions, disk full: still one line, naming the file
+        where = e.filename or out_dir
+        raise DarklensError(f"{where}: {e.strerror or _one_line(e)}") from None
     print(f"darklens: unpacked {n_files} files into {out_dir}", file=sys.stderr)
 
     from darklens.data.inspect import format_report, inspect_dataset
@@ -289,11 +293,9 @@ def _fetch_once(url: str, part: Path, progress: bool) -> None:
                                          unit_divisor=1024, desc=part.name[:-5],
                                          disable=not progress or None) as bar:
             try:
-                while chunk := resp.read(CHUNK_BYTES):
-                    f.write(chunk)
+                while chunk := _read(resp):
+                    f.write(chunk)  # a write error (disk full) is no interruption: it propagates
                     bar.update(len(chunk))
-            except (OSError, http.client.HTTPException) as e:  # reset, timeout, IncompleteRead
-                raise _Interrupted(_one_line(e)) from None
             finally:
                 f.flush()
                 os.fsync(f.fileno())
@@ -304,6 +306,14 @@ def _fetch_once(url: str, part: Path, progress: bool) -> None:
     if total is not None and size < total:
         # http.client returns short reads at EOF silently: Content-Length is the only witness.
         raise _Interrupted(f"connection closed after {size} of {total} bytes")
+
+
+def _read(resp) -> bytes:
+    """The next chunk of the body; a network failure becomes _Interrupted (resumable)."""
+    try:
+        return resp.read(CHUNK_BYTES)
+    except (OSError, http.client.HTTPException) as e:  # reset, timeout, IncompleteRead
+        raise _Interrupted(_one_line(e)) from None
 
 
 def _content_range(value: str | None) -> tuple[int | None, int | None]:
