@@ -1,0 +1,192 @@
+"""One epoch of training, evaluation over a whole split, EMA weights and the LR schedule."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import time
+from collections.abc import Callable, Iterable
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from darklens import CLASSES
+
+
+def cosine_with_warmup(warmup_steps: int, total_steps: int) -> Callable[[int], float]:
+    """LR factor of ``transformers.get_cosine_schedule_with_warmup`` (the seed notebook's).
+
+    Linear from 0 to 1 over ``warmup_steps``, then half a cosine down to 0 at ``total_steps``.
+    """
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return step / max(1, warmup_steps)
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return max(0.0, 0.5 * (1.0 + math.cos(math.pi * progress)))
+
+    return factor
+
+
+class EMA:
+    """Exponential moving average of a model's weights; buffers (BN statistics) are copied.
+
+    Evaluating the average instead of the last step's weights smooths the end of training.
+    """
+
+    def __init__(self, model: nn.Module, decay: float):
+        self.decay = decay
+        self.updates = 0
+        self.module = copy.deepcopy(model).eval()
+        for p in self.module.parameters():
+            p.requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        # Warm-up (timm's ModelEmaV3): early on the average must not remember random init.
+        self.updates += 1
+        decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        ema_p = list(self.module.parameters())
+        torch._foreach_lerp_(ema_p, [p.detach() for p in model.parameters()], 1.0 - decay)
+        for b_ema, b in zip(self.module.buffers(), model.buffers()):
+            b_ema.copy_(b)
+
+
+def autocast(device: torch.device, amp: str):
+    """bf16 autocast on CUDA when asked; a no-op context otherwise (CPU runs stay fp32)."""
+    if amp == "bf16" and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def train_one_epoch(model: nn.Module, batches: Iterable, *, n_steps: int, optimizer, scheduler,
+                    loss_fn: Callable, subtract: float, device: torch.device, amp: str,
+                    channels_last: bool, ema: EMA | None, grad_clip: float, desc: str,
+                    show_progress: bool, step_hook: Callable[[int], None] | None = None,
+                    ) -> dict:
+    """Train over ``batches``; returns mean loss, images seen and seconds (device-synced)."""
+    model.train()
+    total_loss = torch.zeros((), device=device, dtype=torch.float64)
+    n_images = 0
+    start = time.perf_counter()
+    bar = tqdm(total=n_steps, desc=desc, disable=not show_progress, leave=False)
+    for step, (x, y) in enumerate(batches):
+        x = x - subtract
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast(device, amp):
+            logits = model(x)
+        loss = loss_fn(logits.float(), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if grad_clip > 0:
+            nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        optimizer.step()
+        scheduler.step()
+        if ema is not None:
+            ema.update(_unwrap(model))
+        # Accumulate on the device: a .item() per step would stall the GPU pipeline.
+        total_loss += loss.detach() * y.shape[0]
+        n_images += y.shape[0]
+        bar.update(1)
+        if step_hook is not None:
+            step_hook(step)
+    bar.close()
+    mean_loss = float(total_loss.item()) / max(1, n_images)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return {"train_loss": mean_loss, "images": n_images, "seconds": time.perf_counter() - start}
+
+
+@torch.no_grad()
+def recalibrate_bn(model: nn.Module, batches: Iterable, *, subtract: float, device: torch.device,
+                   amp: str, channels_last: bool) -> nn.Module:
+    """Re-estimate BatchNorm running statistics of ``model`` (in place) on training batches.
+
+    With few steps or a high LR the running averages lag the weights, and eval-mode outputs
+    collapse even when training accuracy is high ("precise BN", Wu & Johnson 2021). A cumulative
+    average (momentum None) over a few batches fixes that; EMA weights need it most, since the
+    averaged weights never produced the statistics they are given.
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return model
+    saved = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None
+    model.train()
+    for x, _ in batches:
+        x = x - subtract
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast(device, amp):
+            model(x)
+    for m, momentum in zip(norms, saved):
+        m.momentum = momentum
+    return model.eval()
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    model = getattr(model, "module", model)  # DDP
+    return getattr(model, "_orig_mod", model)  # torch.compile
+
+
+@torch.no_grad()
+def predict_probs(model: nn.Module, images: torch.Tensor, *, subtract: float,
+                  device: torch.device, amp: str, channels_last: bool, batch_size: int = 512,
+                  tta: bool = False) -> np.ndarray:
+    """Softmax probabilities (N, 3) for a tensor of images, optionally averaged over D4."""
+    model.eval()
+    out = []
+    for start in range(0, images.shape[0], batch_size):
+        x = images[start:start + batch_size].to(device).float() - subtract
+        views = _d4_views(x) if tta else [x]
+        probs = 0
+        for v in views:
+            if channels_last:
+                v = v.contiguous(memory_format=torch.channels_last)
+            with autocast(device, amp):
+                probs = probs + model(v).float().softmax(1)
+        out.append((probs / len(views)).cpu())
+    return torch.cat(out).double().numpy()
+
+
+def _d4_views(x: torch.Tensor) -> list[torch.Tensor]:
+    views = [x, x.flip(-1), x.flip(-2), x.flip(-1).flip(-2)]
+    if x.shape[-1] == x.shape[-2]:
+        views += [v.transpose(-1, -2) for v in views]
+    return views
+
+
+def epoch_metrics(y_true: np.ndarray, probs: np.ndarray) -> dict[str, float]:
+    """Val metrics over the whole split: loss, accuracy, macro F1, per-class/micro/macro AUC.
+
+    The numbers come from the shared ``darklens.evaluation.metrics.compute_metrics`` (no
+    bootstrap), so training and ``darklens evaluate`` report the same quantities.
+    """
+    from darklens.evaluation.metrics import compute_metrics
+
+    y_true = np.asarray(y_true)
+    probs = np.asarray(probs, dtype=np.float64)
+    picked = probs[np.arange(len(y_true)), y_true]
+    m = compute_metrics(y_true, probs, n_bootstrap=0)
+    out = {"val_loss": float(-np.mean(np.log(np.clip(picked, 1e-12, None)))),
+           "accuracy": m["accuracy"], "macro_f1": m["macro_f1"]}
+    for key in (*CLASSES, "micro", "macro"):
+        value = m["auc"][key]
+        out[f"auc_{key}"] = float("nan") if value is None else float(value)
+    return out
+
+
+def make_loss(label_smoothing: float) -> Callable:
+    """Cross-entropy; with smoothing eps this is (1-eps)*NLL + eps*mean_c(-log p_c), fastai's."""
+
+    def loss_fn(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits, target, label_smoothing=label_smoothing)
+
+    return loss_fn
