@@ -1,0 +1,281 @@
+"""Draw per-image parameters and render batches of lensed images (B, 1, H, W) in [0, 1].
+
+Pipeline per image (all batched, one pass): ray-shoot the pixel grid through SIE + shear +
+(padded) point-mass subhalos + line-mass vortex, evaluate the Sersic source at the source-plane
+positions, add the Sersic lens light, convolve with a Gaussian PSF, add Poisson (Gaussian
+approximation, variance = counts) + sky + background noise, and min-max normalise.
+
+Every random number comes from :mod:`darklens.sim.rng`, keyed by (seed, split, class, index), so
+an image does not depend on which batch, shard or run made it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+
+from darklens.errors import DarklensError
+from darklens.sim import profiles as P
+from darklens.sim.cosmology import theta_E_squared_per_msun
+from darklens.sim.presets import SimConfig, get_config
+from darklens.sim.rng import SPLITS, image_keys, pixel_normal, uniform
+
+Tensor = torch.Tensor
+_NOISE_STREAM = 0x7FFF  # stream id of the pixel noise (parameter draws count up from 1)
+
+
+class _Draws:
+    """Sequential named random streams for one batch; draw order fixes each stream's id."""
+
+    def __init__(self, keys: tuple[Tensor, Tensor]):
+        self.keys = keys
+        self.stream = 0
+
+    def u(self) -> Tensor:
+        self.stream += 1
+        return uniform(self.keys, self.stream)
+
+    def range(self, bounds: Sequence[float]) -> Tensor:
+        lo, hi = float(bounds[0]), float(bounds[1])
+        return lo + (hi - lo) * self.u()
+
+
+def _power_law(u: Tensor, lo: float, hi: float, slope: float) -> Tensor:
+    """Inverse-CDF sample of dN/dm ~ m^slope on [lo, hi] (exp/log: layout-independent bits)."""
+    a = slope + 1.0
+    if abs(a) < 1e-9:  # dN/dm ~ 1/m: log-uniform
+        return torch.exp(math.log(lo) + u * (math.log(hi) - math.log(lo)))
+    lo_a, hi_a = lo**a, hi**a
+    return torch.exp(torch.log(lo_a + u * (hi_a - lo_a)) / a)
+
+
+def draw_params(config: SimConfig, keys: tuple[Tensor, Tensor], labels: Tensor) -> dict[str, Tensor]:
+    """Draw every parameter of every image; (B,) float32 tensors named like lenstronomy kwargs.
+
+    Subhalo slots exist for every image (zero mass unless the label is 1, sphere) and the vortex
+    exists for every image (zero mass unless the label is 2, vort), so one batch mixes classes.
+    """
+    c = config
+    d = _Draws(keys)
+    p: dict[str, Tensor] = {}
+    k_msun = theta_E_squared_per_msun(c.z_lens, c.z_source, c.H0, c.Om0)  # theta_E^2 per Msun
+    deg = math.pi / 180.0
+
+    p["theta_E"] = d.range(c.theta_E)
+    p["lens_q"] = d.range(c.lens_q)
+    p["lens_phi"] = d.range(c.lens_phi_deg) * deg
+    p["lens_e1"], p["lens_e2"] = P.q_phi_to_e1e2(p["lens_q"], p["lens_phi"])
+    p["lens_center_x"] = d.range(c.lens_center)
+    p["lens_center_y"] = d.range(c.lens_center)
+    gamma, shear_phi = d.range(c.shear_gamma), d.range(c.shear_phi_deg) * deg
+    p["gamma1"], p["gamma2"] = gamma * torch.cos(2 * shear_phi), gamma * torch.sin(2 * shear_phi)
+    p["einstein_mass_msun"] = p["theta_E"] ** 2 / k_msun
+
+    p["lens_light_amp"] = d.range(c.lens_light_amp)
+    p["lens_light_R_sersic"] = d.range(c.lens_light_R)
+    p["lens_light_n_sersic"] = d.range(c.lens_light_n)
+    q, phi = d.range(c.lens_light_q), d.u() * math.pi
+    p["lens_light_e1"], p["lens_light_e2"] = P.q_phi_to_e1e2(q, phi)
+
+    p["source_amp"] = d.range(c.source_amp)
+    p["source_R_sersic"] = d.range(c.source_R)
+    p["source_n_sersic"] = d.range(c.source_n)
+    q, phi = d.range(c.source_q), d.u() * math.pi
+    p["source_e1"], p["source_e2"] = P.q_phi_to_e1e2(q, phi)
+    r, phi = d.range(c.source_offset), d.u() * (2 * math.pi)
+    p["source_center_x"], p["source_center_y"] = r * torch.cos(phi), r * torch.sin(phi)
+
+    is_sphere = (labels == 1).to(torch.float32)
+    fraction = d.range(c.sub_mass_fraction)
+    raw = [_power_law(d.u(), *c.sub_mass_msun, c.sub_mass_slope) for _ in range(c.n_subhalos)]
+    if c.sub_mass_mode == "fraction" and raw:
+        # keep the power-law shape, rescale so the subhalos hold `fraction` of the Einstein mass
+        total = raw[0]
+        for m in raw[1:]:
+            total = total + m
+        raw = [m * (fraction * p["einstein_mass_msun"] / total) for m in raw]
+    p["sub_count"] = is_sphere * c.n_subhalos
+    p["sub_mass_total_msun"] = torch.zeros_like(is_sphere)
+    for i, m in enumerate(raw):
+        r, phi = d.range(c.sub_radius), d.u() * (2 * math.pi)
+        mass = m * is_sphere
+        p[f"sub{i}_mass_msun"] = mass
+        p[f"sub{i}_theta_E"] = torch.sqrt(mass * k_msun)
+        p[f"sub{i}_center_x"], p[f"sub{i}_center_y"] = r * torch.cos(phi), r * torch.sin(phi)
+        p["sub_mass_total_msun"] = p["sub_mass_total_msun"] + mass
+
+    is_vort = (labels == 2).to(torch.float32)
+    if c.vort_mass_mode == "fraction":
+        mass = d.range(c.vort_mass_fraction) * p["einstein_mass_msun"]
+    else:
+        mass = d.range(c.vort_mass_msun)
+    p["vort_mass_msun"] = mass * is_vort
+    p["vort_theta_E"] = torch.sqrt(p["vort_mass_msun"] * k_msun)
+    log_ma = d.range(c.axion_mass_log10)
+    p["axion_mass_ev"] = torch.exp(log_ma * math.log(10.0)) * is_vort
+    if c.vort_length_mode == "axion":  # DeepLenseSim: half-length 0.03e-22 / m_a arcsec
+        p["vort_length"] = 0.06 * torch.exp(-(log_ma + 22.0) * math.log(10.0))
+    else:
+        p["vort_length"] = d.range(c.vort_length)
+    p["vort_angle"] = d.u() * math.pi
+    p["vort_center_x"] = d.range(c.vort_center)
+    p["vort_center_y"] = d.range(c.vort_center)
+    p["vort_length"] = p["vort_length"] * is_vort
+
+    p["exposure"] = torch.exp(d.range(c.exposure_log10) * math.log(10.0))
+    return p
+
+
+def pixel_grid(config: SimConfig, device, dtype=torch.float32) -> tuple[Tensor, Tensor]:
+    """Pixel-centre coordinates (1, H, W) [arcsec], centred on the optical axis; y grows with row."""
+    n, s = config.image_size, config.pixel_scale
+    t = (torch.arange(n, dtype=torch.float64) - (n - 1) / 2.0) * s
+    y, x = torch.meshgrid(t, t, indexing="ij")
+    return x.to(device, dtype)[None], y.to(device, dtype)[None]
+
+
+def deflection(config: SimConfig, x: Tensor, y: Tensor, p: dict[str, Tensor],
+               skip_massless: bool = False):
+    """Total deflection (B, H, W) of SIE + shear + subhalos + vortex at (x, y).
+
+    Args:
+        skip_massless: compute subhalos only for images that have them and the vortex only for
+            images that have one (eager CPU speed-up). The result is bit-identical to the padded
+            path: a massless term adds exactly +0.0, and the summation order is unchanged.
+    """
+
+    def c(name: str, rows=None) -> Tensor:  # (B,) -> (B, 1, 1) for broadcasting
+        v = p[name] if rows is None else p[name][rows]
+        return v[:, None, None]
+
+    ax, ay = P.sie_deflection(x, y, c("theta_E"), c("lens_q"), c("lens_phi"),
+                              c("lens_center_x"), c("lens_center_y"))
+    sx, sy = P.shear_deflection(x, y, c("gamma1"), c("gamma2"))
+    ax, ay = ax + sx, ay + sy
+    if config.n_subhalos:
+        rows = torch.nonzero(p["sub_count"] > 0).flatten() if skip_massless else None
+        bx, by = (ax, ay) if rows is None else (ax[rows], ay[rows])
+        for i in range(config.n_subhalos):  # fixed order: sums are bit-reproducible
+            sx, sy = P.point_mass_deflection(x, y, c(f"sub{i}_theta_E", rows),
+                                             c(f"sub{i}_center_x", rows), c(f"sub{i}_center_y", rows))
+            bx, by = bx + sx, by + sy
+        ax, ay = (bx, by) if rows is None else (ax.index_copy(0, rows, bx), ay.index_copy(0, rows, by))
+    rows = torch.nonzero(p["vort_length"] > 0).flatten() if skip_massless else None
+    vx, vy = _vortex_deflection(config, x, y, {k: c(k, rows) for k in (
+        "vort_length", "vort_angle", "vort_center_x", "vort_center_y", "vort_theta_E")})
+    if rows is None:
+        return ax + vx, ay + vy
+    return ax.index_add(0, rows, vx), ay.index_add(0, rows, vy)
+
+
+def _vortex_deflection(config: SimConfig, x: Tensor, y: Tensor, v: dict[str, Tensor]):
+    """Deflection of the vortex line (closed-form line mass or a chain of point masses)."""
+    length = v["vort_length"]
+    half = 0.5 * torch.where(length > 0, length, torch.ones_like(length))
+    ux, uy = torch.cos(v["vort_angle"]) * half, torch.sin(v["vort_angle"]) * half
+    cx, cy = v["vort_center_x"], v["vort_center_y"]
+    if config.vort_model == "line":
+        return P.line_mass_deflection(x, y, v["vort_theta_E"], cx - ux, cy - uy, cx + ux, cy + uy)
+    # chain: point masses at the midpoints of n equal pieces of the segment
+    n = config.vort_chain_points
+    theta_each = v["vort_theta_E"] / math.sqrt(n)
+    ax = ay = None
+    for k in range(n):
+        t = 2.0 * (k + 0.5) / n - 1.0
+        sx, sy = P.point_mass_deflection(x, y, theta_each, cx + t * ux, cy + t * uy)
+        ax, ay = (sx, sy) if ax is None else (ax + sx, ay + sy)
+    return ax, ay
+
+
+def render_noise_free(config: SimConfig, p: dict[str, Tensor], device) -> Tensor:
+    """Noise-free, PSF-convolved image (B, H, W) in flux units."""
+    x, y = pixel_grid(config, device)
+
+    def c(name: str) -> Tensor:
+        return p[name][:, None, None]
+
+    ax, ay = deflection(config, x, y, p, skip_massless=torch.device(device).type == "cpu")
+    bx, by = x - ax, y - ay
+    image = P.sersic(bx, by, c("source_amp"), c("source_R_sersic"), c("source_n_sersic"),
+                     c("source_e1"), c("source_e2"), c("source_center_x"), c("source_center_y"))
+    image = image + P.sersic(x, y, c("lens_light_amp"), c("lens_light_R_sersic"),
+                             c("lens_light_n_sersic"), c("lens_light_e1"), c("lens_light_e2"),
+                             c("lens_center_x"), c("lens_center_y"))
+    taps = P.gaussian_kernel_1d(P.fwhm_to_sigma(config.psf_fwhm) / config.pixel_scale,
+                                config.psf_size, device=device)
+    return P.convolve_separable(image, taps)
+
+
+def add_noise(config: SimConfig, image: Tensor, exposure: Tensor, keys) -> Tensor:
+    """Poisson (as Gaussian with variance = counts) on signal + sky, plus background noise."""
+    if not config.noise:
+        return image
+    counts_var = (torch.clamp(image, min=0.0) + config.sky) / exposure[:, None, None]
+    sigma = torch.sqrt(counts_var + config.background_rms**2)
+    return image + sigma * pixel_normal(keys, _NOISE_STREAM, tuple(image.shape[-2:]))
+
+
+def min_max(image: Tensor) -> Tensor:
+    """Per-image min-max normalisation to exactly [0, 1] (a constant image becomes zeros)."""
+    flat = image.flatten(1)
+    lo = flat.min(dim=1).values[:, None, None]
+    span = flat.max(dim=1).values[:, None, None] - lo
+    return torch.where(span > 0, (image - lo) / torch.where(span > 0, span, 1.0), 0.0)
+
+
+def render(config: SimConfig, seed: int, split_id: int | Tensor, labels: Tensor,
+           indices: Tensor, device) -> tuple[Tensor, dict[str, Tensor]]:
+    """Images (B, 1, H, W) and params for explicit per-image (split, label, index)."""
+    if isinstance(split_id, Tensor):
+        split_id = split_id.to(device=device, dtype=torch.int64)
+    labels = labels.to(device=device, dtype=torch.int64)
+    indices = indices.to(device=device, dtype=torch.int64)
+    keys = image_keys(seed, split_id, labels, indices)
+    params = draw_params(config, keys, labels)
+    image = render_noise_free(config, params, device)
+    image = add_noise(config, image, params["exposure"], keys)
+    return min_max(image)[:, None], params
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """'auto' -> cuda when available; 'cuda' without a GPU is a one-line error."""
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise DarklensError("--device cuda: no CUDA device is available")
+    return device
+
+
+def simulate_batch(preset: str | SimConfig = "model_a", labels=None, seed: int = 0,
+                   split: str = "train", start_index: int = 0, device="cpu",
+                   overrides: dict | None = None, indices=None):
+    """Simulate one batch.
+
+    Args:
+        preset: preset name or a :class:`SimConfig`.
+        labels: (B,) class ids (0 no, 1 sphere, 2 vort), tensor or list.
+        seed: dataset seed.
+        split: "train", "val", "test" or "stream".
+        start_index: image i gets index ``start_index + i`` unless ``indices`` is given.
+        device: "cpu", "cuda", "auto" or a torch.device.
+        overrides: ``--set`` style overrides of the preset.
+        indices: optional explicit (B,) per-image indices.
+
+    Returns:
+        images (B, 1, H, W) float32 in [0, 1], labels (B,) int64, params dict name -> (B,) tensor.
+    """
+    config = get_config(preset, overrides)
+    if split not in SPLITS:
+        raise DarklensError(f"unknown split {split!r} (known: {', '.join(SPLITS)})")
+    device = resolve_device(device)
+    labels = torch.as_tensor(labels if labels is not None else [0, 1, 2], dtype=torch.int64)
+    if labels.ndim != 1 or (labels < 0).any() or (labels > 2).any():
+        raise DarklensError("labels must be a 1-D sequence of class ids 0, 1, 2")
+    if indices is None:
+        indices = start_index + torch.arange(labels.shape[0], dtype=torch.int64)
+    indices = torch.as_tensor(indices, dtype=torch.int64)
+    images, params = render(config, seed, SPLITS[split], labels, indices, device)
+    return images, labels.to(device), params
