@@ -7,5 +7,7 @@ from darklens.models.registry import create_model, is_model, list_models, regist
 
 # Imported for their @register_model side effects.
 from darklens.models import densenet_cbam as _densenet_cbam  # noqa: E402, F401, I001
+from darklens.models import timm_backbones as _timm_backbones  # noqa: E402, F401, I001
+from darklens.models.e2cnn_steerable import export_plain  # noqa: E402, I001
 
-__all__ = ["create_model", "is_model", "list_models", "register_model"]
+__all__ = ["create_model", "export_plain", "is_model", "list_models", "register_model"]
