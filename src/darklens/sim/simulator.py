@@ -51,7 +51,8 @@ def _power_law(u: Tensor, lo: float, hi: float, slope: float) -> Tensor:
     return torch.exp(torch.log(lo_a + u * (hi_a - lo_a)) / a)
 
 
-def draw_params(config: SimConfig, keys: tuple[Tensor, Tensor], labels: Tensor) -> dict[str, Tensor]:
+def draw_params(config: SimConfig, keys: tuple[Tensor, Tensor], labels: Tensor,
+                k_msun: float | None = None) -> dict[str, Tensor]:
     """Draw every parameter of every image; (B,) float32 tensors named like lenstronomy kwargs.
 
     Subhalo slots exist for every image (zero mass unless the label is 1, sphere) and the vortex
@@ -60,7 +61,8 @@ def draw_params(config: SimConfig, keys: tuple[Tensor, Tensor], labels: Tensor) 
     c = config
     d = _Draws(keys)
     p: dict[str, Tensor] = {}
-    k_msun = theta_E_squared_per_msun(c.z_lens, c.z_source, c.H0, c.Om0)  # theta_E^2 per Msun
+    if k_msun is None:  # theta_E^2 per Msun
+        k_msun = theta_E_squared_per_msun(c.z_lens, c.z_source, c.H0, c.Om0)
     deg = math.pi / 180.0
 
     p["theta_E"] = d.range(c.theta_E)
@@ -225,18 +227,36 @@ def min_max(image: Tensor) -> Tensor:
     return torch.where(span > 0, (image - lo) / torch.where(span > 0, span, 1.0), 0.0)
 
 
-def render(config: SimConfig, seed: int, split_id: int | Tensor, labels: Tensor,
-           indices: Tensor, device) -> tuple[Tensor, dict[str, Tensor]]:
-    """Images (B, 1, H, W) and params for explicit per-image (split, label, index)."""
-    if isinstance(split_id, Tensor):
-        split_id = split_id.to(device=device, dtype=torch.int64)
-    labels = labels.to(device=device, dtype=torch.int64)
-    indices = indices.to(device=device, dtype=torch.int64)
+def _render_tensors(config: SimConfig, k_msun: float, seed: int, split_id, labels: Tensor,
+                    indices: Tensor, device) -> tuple[Tensor, dict[str, Tensor]]:
+    """Pure tensor part of :func:`render` (what ``torch.compile`` fuses into a few kernels)."""
     keys = image_keys(seed, split_id, labels, indices)
-    params = draw_params(config, keys, labels)
+    params = draw_params(config, keys, labels, k_msun)
     image = render_noise_free(config, params, device)
     image = add_noise(config, image, params["exposure"], keys)
     return min_max(image)[:, None], params
+
+
+_COMPILED = {}
+
+
+def render(config: SimConfig, seed: int, split_id: int | Tensor, labels: Tensor,
+           indices: Tensor, device, compiled: bool = False) -> tuple[Tensor, dict[str, Tensor]]:
+    """Images (B, 1, H, W) and params for explicit per-image (split, label, index).
+
+    Args:
+        compiled: run through ``torch.compile`` (one fused program per shape; for CUDA).
+    """
+    device = torch.device(device)
+    labels = labels.to(device=device, dtype=torch.int64)
+    indices = indices.to(device=device, dtype=torch.int64)
+    if isinstance(split_id, Tensor):
+        split_id = split_id.to(device=device, dtype=torch.int64)
+    k_msun = theta_E_squared_per_msun(config.z_lens, config.z_source, config.H0, config.Om0)
+    fn = _render_tensors
+    if compiled:
+        fn = _COMPILED.setdefault("render", torch.compile(_render_tensors, dynamic=False))
+    return fn(config, k_msun, int(seed), split_id, labels, indices, device)
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:

@@ -49,12 +49,10 @@ class SimulatedStream(IterableDataset):
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
         b = self.start_batch + worker
-        done = 0
         while self.num_batches is None or b < self.start_batch + self.num_batches:
             indices = b * self.batch_size + torch.arange(self.batch_size, dtype=torch.int64)
             labels = self.labels_for(indices)
             images, _ = render(self.config, self.seed, SPLITS["stream"], labels, indices,
-                               self.device)
+                               self.device, compiled=self.device.type == "cuda")
             yield images, labels.to(self.device)
             b += workers
-            done += 1

@@ -134,9 +134,7 @@ def simulate_dataset(out, preset: str = "model_a", n_train: int = 1000, n_val: i
     split_ids, labels, indices = _job_list(counts)
     total = len(labels)
     lo, hi = total * i_shard // n_shards, total * (i_shard + 1) // n_shards
-    renderer = render
-    if compile if compile is not None else dev.type == "cuda":
-        renderer = torch.compile(render, dynamic=False)
+    compiled = compile if compile is not None else dev.type == "cuda"
     names: list[str] | None = None
     rows: list[str] = []
     bar = tqdm(total=hi - lo, desc=f"simulate {config.preset}", unit="img", disable=not progress)
@@ -147,11 +145,11 @@ def simulate_dataset(out, preset: str = "model_a", n_train: int = 1000, n_val: i
             n = stop - start
             sel = slice(start, stop)
             # pad the last batch to the full size: one compiled shape, same per-image content
-            pad = batch - n if renderer is not render else 0
+            pad = batch - n if compiled else 0
             lab = torch.from_numpy(np.pad(labels[sel], (0, pad)))
             idx = torch.from_numpy(np.pad(indices[sel], (0, pad)))
             sid = torch.from_numpy(np.pad(split_ids[sel], (0, pad)))
-            images, params = renderer(config, seed, sid, lab, idx, dev)
+            images, params = render(config, seed, sid, lab, idx, dev, compiled=compiled)
             images = images[:n].cpu().numpy()
             params = {k: v[:n].cpu().numpy() for k, v in params.items()}
             names = names or list(params)

@@ -1,0 +1,174 @@
+"""Simulator throughput: darklens.sim images/s per preset and device vs lenstronomy on the CPU.
+
+Counts the whole image: ray shooting (SIE + shear + 25 subhalo slots + vortex), source and lens
+light, PSF, noise and min-max normalisation, for a mixed batch (a third of each class). The
+lenstronomy baseline renders the same preset's drawn parameters (vortex as a 25-point chain,
+lenstronomy has no line mass) with ImageModel + numpy noise, one image at a time, in this process.
+
+    python benchmarks/simulate.py --device cpu --out benchmarks/results/simulate_cpu.json
+    python benchmarks/simulate.py --device cuda --batch 2048 --write-check
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import platform
+import shutil
+import sys
+import tempfile
+import time
+
+import numpy as np
+import torch
+
+from darklens.sim import simulate_dataset
+from darklens.sim import profiles as P
+from darklens.sim.presets import get_config
+from darklens.sim.rng import image_keys
+from darklens.sim.simulator import draw_params, render
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_darklens(preset, device, batch, iters, compiled):
+    config = get_config(preset)
+    labels = torch.arange(batch) % 3
+    indices = torch.arange(batch)
+    render(config, 0, 0, labels, indices, device, compiled=compiled)  # warm-up / compile
+    _sync(device)
+    times = []
+    for it in range(iters):
+        t0 = time.perf_counter()
+        images, _ = render(config, 0, 0, labels, indices + (it + 1) * batch, device,
+                           compiled=compiled)
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    assert torch.isfinite(images).all()
+    return batch / float(np.median(times))
+
+
+def time_lenstronomy(preset, n_images):
+    from lenstronomy.Data.pixel_grid import PixelGrid
+    from lenstronomy.Data.psf import PSF
+    from lenstronomy.ImSim.image_model import ImageModel
+    from lenstronomy.LensModel.lens_model import LensModel
+    from lenstronomy.LightModel.light_model import LightModel
+
+    config = get_config(preset, {"vort_model": "chain"})
+    n, scale = config.image_size, config.pixel_scale
+    labels = torch.arange(n_images) % 3
+    params = draw_params(config, image_keys(0, 0, labels, torch.arange(n_images)), labels)
+    taps = P.gaussian_kernel_1d(P.fwhm_to_sigma(config.psf_fwhm) / scale, config.psf_size,
+                                dtype=torch.float64).numpy()
+    grid = PixelGrid(nx=n, ny=n, transform_pix2angle=np.eye(2) * scale,
+                     ra_at_xy_0=-(n - 1) / 2 * scale, dec_at_xy_0=-(n - 1) / 2 * scale)
+    psf = PSF(psf_type="PIXEL", kernel_point_source=np.outer(taps, taps))
+    rng = np.random.default_rng(0)
+    t0 = time.perf_counter()
+    for b in range(n_images):
+        p = {k: float(v[b]) for k, v in params.items()}
+        lens = ["SIE", "SHEAR"] + ["POINT_MASS"] * config.n_subhalos
+        kw = [dict(theta_E=p["theta_E"], e1=p["lens_e1"], e2=p["lens_e2"],
+                   center_x=p["lens_center_x"], center_y=p["lens_center_y"]),
+              dict(gamma1=p["gamma1"], gamma2=p["gamma2"])]
+        kw += [dict(theta_E=p[f"sub{i}_theta_E"], center_x=p[f"sub{i}_center_x"],
+                    center_y=p[f"sub{i}_center_y"]) for i in range(config.n_subhalos)]
+        if p["vort_theta_E"] > 0:
+            m, half = config.vort_chain_points, p["vort_length"] / 2
+            for k in range(m):
+                t = 2 * (k + 0.5) / m - 1
+                lens.append("POINT_MASS")
+                kw.append(dict(theta_E=p["vort_theta_E"] / math.sqrt(m),
+                               center_x=p["vort_center_x"] + t * half * math.cos(p["vort_angle"]),
+                               center_y=p["vort_center_y"] + t * half * math.sin(p["vort_angle"])))
+        model = ImageModel(grid, psf, lens_model_class=LensModel(lens),
+                           source_model_class=LightModel(["SERSIC_ELLIPSE"]),
+                           lens_light_model_class=LightModel(["SERSIC_ELLIPSE"]),
+                           kwargs_numerics={"supersampling_factor": 1})
+        src = dict(amp=p["source_amp"], R_sersic=p["source_R_sersic"],
+                   n_sersic=p["source_n_sersic"], e1=p["source_e1"], e2=p["source_e2"],
+                   center_x=p["source_center_x"], center_y=p["source_center_y"])
+        ll = dict(amp=p["lens_light_amp"], R_sersic=p["lens_light_R_sersic"],
+                  n_sersic=p["lens_light_n_sersic"], e1=p["lens_light_e1"], e2=p["lens_light_e2"],
+                  center_x=p["lens_center_x"], center_y=p["lens_center_y"])
+        image = model.image(kw, [src], [ll]) / scale**2
+        sigma = np.sqrt((np.clip(image, 0, None) + config.sky) / p["exposure"]
+                        + config.background_rms**2)
+        image = image + sigma * rng.standard_normal(image.shape)
+        image = (image - image.min()) / (image.max() - image.min())
+    return n_images / (time.perf_counter() - t0)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--presets", default="model_a,model_i,model_ii")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--batch", type=int, default=None)
+    ap.add_argument("--iters", type=int, default=5)
+    ap.add_argument("--compile", choices=["auto", "on", "off"], default="auto")
+    ap.add_argument("--lenstronomy", type=int, default=30, help="baseline images (0: skip)")
+    ap.add_argument("--write-check", action="store_true",
+                    help="time `darklens simulate` of a Common-Test-size model_a set")
+    ap.add_argument("--write-dir", default=None)
+    ap.add_argument("--determinism-check", action="store_true",
+                    help="compiled batch halves == full batch; compiled vs eager difference")
+    ap.add_argument("--out", default=None)
+    a = ap.parse_args(argv)
+    device = torch.device(a.device)
+    batch = a.batch or (2048 if device.type == "cuda" else 64)
+    compiled = a.compile == "on" or (a.compile == "auto" and device.type == "cuda")
+    card = torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or "cpu"
+    result = {"date": datetime.date.today().isoformat(), "command": " ".join(sys.argv),
+              "device": a.device, "card": card, "torch": torch.__version__,
+              "cpu_threads": torch.get_num_threads(), "batch": batch, "compiled": compiled,
+              "simulate_img_per_s": {}, "lenstronomy_img_per_s": {}, "speedup": {}}
+    for preset in a.presets.split(","):
+        rate = time_darklens(preset, device, batch, a.iters, compiled)
+        result["simulate_img_per_s"][preset] = round(rate, 1)
+        line = f"{preset:10s} darklens {rate:12.1f} img/s"
+        if a.lenstronomy:
+            try:
+                base = time_lenstronomy(preset, a.lenstronomy)
+            except ImportError:
+                base = None
+            if base:
+                result["lenstronomy_img_per_s"][preset] = round(base, 2)
+                result["speedup"][preset] = round(rate / base, 1)
+                line += f"   lenstronomy {base:8.2f} img/s   x{rate / base:.1f}"
+        print(line, flush=True)
+    if a.determinism_check:
+        config = get_config("model_a")
+        labels, indices = torch.arange(batch) % 3, torch.arange(batch)
+        full, _ = render(config, 3, 0, labels, indices, device, compiled=compiled)
+        half = batch // 2
+        parts = [render(config, 3, 0, labels[s:s + half], indices[s:s + half], device,
+                        compiled=compiled)[0] for s in (0, half)]
+        eager, _ = render(config, 3, 0, labels, indices, device, compiled=False)
+        result["batch_invariant"] = bool(torch.equal(torch.cat(parts), full))
+        result["compiled_vs_eager_max_abs"] = float((full - eager).abs().max())
+        print("batch-invariant:", result["batch_invariant"], " compiled-eager max|diff|:",
+              result["compiled_vs_eager_max_abs"])
+    if a.write_check:
+        out = tempfile.mkdtemp(dir=a.write_dir)
+        shutil.rmtree(out)
+        t0 = time.perf_counter()
+        simulate_dataset(out, "model_a", n_train=10000, n_val=2500, seed=0, device=a.device,
+                         batch=batch, progress=False)
+        result["write_common_test_size_s"] = round(time.perf_counter() - t0, 1)
+        print(f"darklens simulate 30,000 train + 7,500 val: {result['write_common_test_size_s']} s")
+        shutil.rmtree(out)
+    text = json.dumps(result, indent=2)
+    print(text)
+    if a.out:
+        with open(a.out, "w") as f:
+            f.write(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
