@@ -169,3 +169,17 @@ def test_preprocess_subtract_crop_resize():
 
     with pytest.raises(DarklensError, match="expected"):
         preprocess(np.zeros(5), {"preprocessing": {}})
+
+
+def test_e2cnn_round_trip_through_safetensors(tmp_path):
+    """e2cnn state_dict keys contain quotes and brackets, and eval() re-expands the filters."""
+    torch.manual_seed(0)
+    model = create_model("e2cnn_tiny", group="d4")
+    with torch.no_grad():
+        model(torch.rand(4, 1, 32, 32))  # non-initial BatchNorm statistics
+    save_checkpoint(tmp_path / "best", model, model_name="e2cnn_tiny",
+                    model_kwargs={"group": "d4"}, preprocessing={}, config={}, metrics={})
+    loaded, _ = load_checkpoint(tmp_path)
+    x = torch.rand(2, 1, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model.eval()(x))

@@ -180,7 +180,7 @@ def test_densenet_cbam_seed_exact_matches_notebook_and_default_fixes_attention()
 
     # Train mode (batch statistics): at random init, eval-mode BN with unit running stats makes
     # the logits almost input-independent, which would hide any difference.
-    x = torch.rand(4, 1, 150, 150, generator=torch.Generator().manual_seed(2)) - 0.5
+    x = torch.rand(4, 1, 48, 48, generator=torch.Generator().manual_seed(2)) - 0.5
     want = reference(x)
     assert want.std(dim=0).min() > 0.05  # the logits do depend on the input
     torch.testing.assert_close(exact(x), want, rtol=1e-5, atol=1e-6)
@@ -222,14 +222,14 @@ TINY = sorted(set(list_models("*tiny*")))
 
 
 @pytest.mark.parametrize("name", TINY)
-@pytest.mark.parametrize("size", [150, 64, 32])
-def test_tiny_models_forward_backward(name, size):
+def test_tiny_models_forward_backward(name):
     torch.manual_seed(0)
     model = create_model(name, in_chans=1, num_classes=3)
-    x = torch.randn(2, 1, size, size)
-    logits = model(x)
-    assert logits.shape == (2, 3)
-    assert torch.isfinite(logits).all()
+    with torch.no_grad():
+        for size in (150, 64, 33):  # Common Test, Model II/III sizes, and an odd size
+            logits = model(torch.randn(2, 1, size, size))
+            assert logits.shape == (2, 3) and torch.isfinite(logits).all(), size
+    logits = model(torch.randn(2, 1, 32, 32))
     logits.logsumexp(dim=1).sum().backward()
     grads = [p.grad for p in model.parameters() if p.requires_grad]
     assert grads and all(g is not None for g in grads)
@@ -239,3 +239,137 @@ def test_tiny_models_forward_backward(name, size):
 def test_tiny_is_much_smaller_than_full():
     for name in TINY:
         assert n_params(create_model(name)) < 200_000, name
+
+
+# ---------------------------------------------------------------------------------------------
+# timm backbones
+# ---------------------------------------------------------------------------------------------
+
+
+def test_timm_pass_through_and_single_channel_stem():
+    model = create_model("timm:resnet10t", num_classes=4)
+    assert model.conv1[0].weight.shape[1] == 1  # in_chans=1 reached timm's stem
+    assert model(torch.randn(2, 1, 32, 32)).shape == (2, 4)
+    with pytest.raises(DarklensError, match="unknown timm model"):
+        create_model("timm:resnet_does_not_exist")
+    with pytest.raises(DarklensError, match="pretrained"):
+        create_model("timm:resnet18", pretrained=True)
+
+
+def test_registered_timm_names_build_the_timm_architecture():
+    import timm
+
+    for name in ("resnet18", "efficientnet_b0"):
+        ours = create_model(name)
+        theirs = timm.create_model(name, pretrained=False, in_chans=1, num_classes=3)
+        assert n_params(ours) == n_params(theirs)
+        assert type(ours) is type(theirs)
+
+
+@pytest.mark.parametrize("name", ["densenet_cbam", "resnet18", "efficientnet_b0"])
+@torch.no_grad()
+def test_full_models_forward(name):
+    model = create_model(name).eval()
+    out = model(torch.randn(2, 1, 32, 32))
+    assert out.shape == (2, 3) and torch.isfinite(out).all()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", [n for n in list_models() if "tiny" not in n])
+@torch.no_grad()
+def test_every_full_model_forward_150(name):
+    model = create_model(name).eval()
+    out = model(torch.randn(2, 1, 150, 150))
+    assert out.shape == (2, 3) and torch.isfinite(out).all()
+
+
+# ---------------------------------------------------------------------------------------------
+# e2cnn steerable CNNs
+# ---------------------------------------------------------------------------------------------
+
+
+def _trained_like(name: str, **kwargs) -> nn.Module:
+    """A model whose BatchNorm running stats are not the init values (a few train-mode passes)."""
+    torch.manual_seed(0)
+    model = create_model(name, **kwargs)
+    with torch.no_grad():
+        for _ in range(3):
+            model(torch.rand(4, 1, 48, 48) * 2)
+    return model.eval()
+
+
+D4_TRANSFORMS = {
+    "rot90": lambda x: torch.rot90(x, 1, (2, 3)),
+    "rot180": lambda x: torch.rot90(x, 2, (2, 3)),
+    "rot270": lambda x: torch.rot90(x, 3, (2, 3)),
+    "flip_h": lambda x: torch.flip(x, (3,)),
+    "flip_v": lambda x: torch.flip(x, (2,)),
+    "transpose": lambda x: x.transpose(2, 3),
+}
+
+
+@pytest.fixture(scope="module")
+def e2cnn_models():
+    return {"c8": _trained_like("e2cnn_tiny"), "d4": _trained_like("e2cnn_tiny", group="d4")}
+
+
+@pytest.mark.parametrize("size", [150, 31])  # 150 -> 75 -> 38 exercises even and odd pooling
+@torch.no_grad()
+def test_e2cnn_is_invariant_to_grid_symmetries(e2cnn_models, size):
+    x = torch.rand(3, 1, size, size, generator=torch.Generator().manual_seed(size))
+    for group, model in e2cnn_models.items():
+        reference = model(x)
+        assert reference.std(dim=0).max() > 1e-3  # the output does depend on the image
+        for name, transform in D4_TRANSFORMS.items():
+            diff = (model(transform(x)) - reference).abs().max().item()
+            if group == "d4" or name.startswith("rot"):
+                assert diff < 1e-4, (group, name, diff)
+            else:  # C8 has no reflections: a flip must change the output (the test can fail)
+                assert diff > 1e-4, (group, name, diff)
+
+
+@torch.no_grad()
+def test_naive_pooling_would_break_invariance(e2cnn_models, monkeypatch):
+    """Guard for the symmetric pooling: a plain 2x2 pool on an odd size is not rotation-safe."""
+    from darklens.models import e2cnn_steerable
+
+    monkeypatch.setattr(e2cnn_steerable, "symmetric_max_pool", lambda t: F.max_pool2d(t, 2))
+    x = torch.rand(2, 1, 31, 31, generator=torch.Generator().manual_seed(0))
+    model = e2cnn_models["c8"]
+    assert (model(torch.rot90(x, 1, (2, 3))) - model(x)).abs().max() > 1e-4
+
+
+@torch.no_grad()
+def test_export_plain_matches_and_has_no_e2cnn_layers(e2cnn_models):
+    from darklens.models import export_plain
+
+    x = torch.rand(2, 1, 64, 64, generator=torch.Generator().manual_seed(1))
+    for model in e2cnn_models.values():
+        plain = export_plain(model)
+        torch.testing.assert_close(plain(x), model(x), atol=1e-5, rtol=1e-5)
+        assert all(type(m).__module__.startswith(("torch.", "darklens.")) for m in plain.modules())
+    # Other models come back as eval-mode copies with the same outputs.
+    torch.manual_seed(0)
+    dense = create_model("densenet_cbam_tiny").eval()
+    torch.testing.assert_close(export_plain(dense)(x), dense(x))
+
+
+def test_export_plain_keeps_the_training_mode():
+    from darklens.models import export_plain
+
+    model = create_model("e2cnn_tiny").train()
+    export_plain(model)
+    assert model.training and all(m.training for m in model.modules())
+
+
+def test_export_plain_onnx_round_trip(e2cnn_models, tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    from darklens.models import export_plain
+
+    plain = export_plain(e2cnn_models["d4"])
+    x = torch.rand(2, 1, 64, 64, generator=torch.Generator().manual_seed(2))
+    path = tmp_path / "m.onnx"
+    torch.onnx.export(plain, (x,), str(path), input_names=["x"], output_names=["y"], dynamo=False)
+    got = ort.InferenceSession(str(path)).run(None, {"x": x.numpy()})[0]
+    torch.testing.assert_close(torch.from_numpy(got), plain(x).detach(), atol=1e-5, rtol=1e-5)
