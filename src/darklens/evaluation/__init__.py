@@ -1,6 +1,8 @@
 """Evaluation: metrics (checked against scikit-learn), inference with D4 TTA, plots, reports,
 batch prediction to CSV and ONNX export.
 
+Module names differ from the function names re-exported here (``prediction`` holds ``predict``):
+importing a submodule sets a package attribute of its name, which would shadow the function.
 The heavy entry points import their dependencies lazily so training can import
 :func:`compute_metrics` without pulling in matplotlib.
 """
@@ -29,8 +31,8 @@ def evaluate(model, data, *, split="test", out, tta=False, allow_pickle=False, d
 
 
 def predict(model, inputs, *, out, skip_bad=False, tta=False, allow_pickle=False, device="auto"):
-    """Write a predictions CSV; see :func:`darklens.evaluation.predict.predict`."""
-    from darklens.evaluation.predict import predict as _predict
+    """Write a predictions CSV; see :func:`darklens.evaluation.prediction.predict`."""
+    from darklens.evaluation.prediction import predict as _predict
 
     return _predict(model, inputs, out=out, skip_bad=skip_bad, tta=tta,
                     allow_pickle=allow_pickle, device=device)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -139,7 +140,7 @@ def evaluate(
 
     torch_device = resolve_device(device)
     net, meta = load_checkpoint(model, device=torch_device)
-    ds = open_dataset(data, allow_pickle=allow_pickle, progress=progress)
+    ds = open_dataset(data, allow_pickle=allow_pickle, progress=progress and sys.stderr.isatty())
     part = _choose_split(ds, data, split)
     if len(part) == 0:
         raise DarklensError(f"{data}: split {split!r} holds no images")

@@ -25,6 +25,11 @@ from darklens.evaluation.report import predictions_csv
 _NOT_COVERED = ("stray_file", "unknown_folder", "unknown_class", "size_mismatch")
 
 
+def _tty() -> bool:
+    """Progress bars only on a terminal: logs and captured stderr stay one line per message."""
+    return sys.stderr.isatty()
+
+
 def _shown(item: str, rel: str, is_zip: bool) -> str:
     """How ``iter_image_inputs`` names a file ``rel`` inside input ``item``."""
     return f"{item}/{rel}" if is_zip else str(Path(item) / rel)
@@ -44,7 +49,8 @@ def _from_cache(item: str, allow_pickle: bool, progress: bool):
     from darklens.data import open_dataset
 
     try:
-        ds = open_dataset(item, allow_pickle=allow_pickle, progress=progress, strict=False)
+        ds = open_dataset(item, allow_pickle=allow_pickle, progress=progress and _tty(),
+                          strict=False)
     except DarklensError:
         return None  # not a dataset layout (or empty): the per-file walk reports what is wrong
     packed = ds.packed
