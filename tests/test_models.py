@@ -373,3 +373,23 @@ def test_export_plain_onnx_round_trip(e2cnn_models, tmp_path):
     torch.onnx.export(plain, (x,), str(path), input_names=["x"], output_names=["y"], dynamo=False)
     got = ort.InferenceSession(str(path)).run(None, {"x": x.numpy()})[0]
     torch.testing.assert_close(torch.from_numpy(got), plain(x).detach(), atol=1e-5, rtol=1e-5)
+
+
+def test_e2cnn_state_dict_is_mode_independent_and_copyable():
+    """e2cnn caches expanded filters per mode; training code deep-copies and reloads models."""
+    import copy
+
+    torch.manual_seed(0)
+    model = create_model("e2cnn_tiny")
+    keys_init = set(model.state_dict())
+    keys_train = set(model.train().state_dict())
+    keys_eval = set(model.eval().state_dict())
+    assert keys_init == keys_train == keys_eval
+    x = torch.rand(2, 1, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(copy.deepcopy(model)(x), model(x))  # eval-mode deepcopy (EMA, BN)
+        torch.manual_seed(1)
+        other = create_model("e2cnn_tiny").eval()  # cached filters from other weights
+        assert (other(x) - model(x)).abs().max() > 1e-3
+        other.load_state_dict(model.state_dict())
+        torch.testing.assert_close(other(x), model(x))

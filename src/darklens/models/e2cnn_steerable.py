@@ -164,6 +164,39 @@ class SteerableCNN(nn.Module):
         self.stages = nn.ModuleList(stages)
         self.group_pool = GroupMaxPool(self.group_size)
         self.head = _head(widths[-1], head_hidden, num_classes)
+        self._mark_derived_buffers()
+
+    # e2cnn's R2Conv caches its expanded filter as a buffer in eval mode and deletes it in train
+    # mode, so its state_dict keys change with the mode and a checkpoint saved in one mode does
+    # not load strictly in the other. The cache is derived from the weights: keep it out of
+    # state_dict (non-persistent), rebuild it after loading, and build it without autograd
+    # history so the model can be deep-copied (EMA, BN recalibration) in eval mode.
+    _DERIVED_BUFFERS = ("filter", "expanded_bias")
+
+    def _r2convs(self):
+        from e2cnn.nn import R2Conv
+
+        return [m for m in self.modules() if isinstance(m, R2Conv)]
+
+    def _mark_derived_buffers(self) -> None:
+        for conv in self._r2convs():
+            conv._non_persistent_buffers_set.update(self._DERIVED_BUFFERS)
+
+    def train(self, mode: bool = True) -> SteerableCNN:
+        with torch.no_grad():
+            super().train(mode)
+        self._mark_derived_buffers()
+        return self
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        # Tolerate checkpoints that still carry the derived buffers.
+        state_dict = {k: v for k, v in state_dict.items()
+                      if k.rsplit(".", 1)[-1] not in self._DERIVED_BUFFERS}
+        result = super().load_state_dict(state_dict, strict=strict, assign=assign)
+        if not self.training:  # the cached eval-mode filters were built from the old weights
+            self.train(True)
+            self.train(False)
+        return result
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         from e2cnn.nn import GeometricTensor
