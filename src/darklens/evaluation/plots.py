@@ -28,7 +28,6 @@ def _fmt(value: float | None) -> str:
 
 
 def _save(fig: plt.Figure, path: Path) -> Path:
-    fig.tight_layout()
     fig.savefig(path, dpi=DPI)
     plt.close(fig)
     return path
@@ -36,13 +35,14 @@ def _save(fig: plt.Figure, path: Path) -> Path:
 
 def plot_roc(y_true: np.ndarray, probs: np.ndarray, metrics: dict, path: str | Path) -> Path:
     """One-vs-rest ROC curve per class, plus micro and macro averages, AUCs in the legend."""
-    fig, (ax, zoom) = plt.subplots(1, 2, figsize=(11, 5))
+    fig, (ax, zoom) = plt.subplots(1, 2, figsize=(11, 5), layout="constrained")
     one_hot = y_true[:, None] == np.arange(len(CLASSES))[None, :]
     grid = np.linspace(0.0, 1.0, 1001)
     tprs = []
     curves = []
     for k, name in enumerate(CLASSES):
-        if metrics["auc"][name] is None:  # class absent: no curve to draw
+        if metrics["auc"][name] is None:  # class absent: no curve, but say so in the legend
+            curves.append(([], [], f"{name} (absent: no AUC)", dict(color=CLASS_COLORS[k], lw=0)))
             continue
         fpr, tpr, _ = roc_curve(one_hot[:, k], probs[:, k])
         tprs.append(np.interp(grid, fpr, tpr))
@@ -78,7 +78,7 @@ def plot_confusion(confusion: list[list[int]], path: str | Path) -> Path:
     cm = np.asarray(confusion)
     rows = cm.sum(axis=1, keepdims=True)
     share = np.divide(cm, rows, out=np.zeros(cm.shape), where=rows > 0)
-    fig, ax = plt.subplots(figsize=(5.5, 4.8))
+    fig, ax = plt.subplots(figsize=(5.8, 4.8), layout="constrained")
     image = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="fraction of true class")
     for i in range(cm.shape[0]):
@@ -104,7 +104,7 @@ def plot_calibration(y_true: np.ndarray, probs: np.ndarray, ece: float, path: st
     conf = np.bincount(bins, weights=confidence, minlength=ECE_BINS) / np.maximum(counts, 1)
     used = counts > 0
     width = 1.0 / ECE_BINS
-    fig, (ax, hist) = plt.subplots(2, 1, figsize=(5.5, 6.5), sharex=True,
+    fig, (ax, hist) = plt.subplots(2, 1, figsize=(5.5, 6.5), sharex=True, layout="constrained",
                                    gridspec_kw={"height_ratios": [3, 1]})
     ax.bar(edges[:-1][used], acc[used], width=width, align="edge", color="tab:blue",
            edgecolor="black", label="accuracy in bin")
@@ -141,7 +141,8 @@ def plot_examples(images: np.ndarray, y_true: np.ndarray, probs: np.ndarray, pat
     picks = most_confident_mistakes(y_true, probs, k)
     cols = 4
     rows = max(1, int(np.ceil(len(picks) / cols)))
-    fig, axes = plt.subplots(rows, cols, figsize=(3.1 * cols, 3.4 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.1 * cols, 3.5 * rows), squeeze=False,
+                             layout="constrained")
     for ax in axes.ravel():
         ax.axis("off")
     if len(picks) == 0:
@@ -150,9 +151,8 @@ def plot_examples(images: np.ndarray, y_true: np.ndarray, probs: np.ndarray, pat
     for ax, i in zip(axes.ravel(), picks):
         image = np.asarray(images[i], dtype=np.float32).squeeze()
         ax.imshow(image, cmap="inferno", origin="lower")
+        name = paths[i] if len(paths[i]) <= 36 else "..." + paths[i][-33:]
         ax.set_title(f"true {CLASSES[y_true[i]]}, pred {CLASSES[pred[i]]} "
-                     f"({probs[i, pred[i]]:.2f})", fontsize=10)
-        name = paths[i] if len(paths[i]) <= 34 else "..." + paths[i][-31:]
-        ax.text(0.5, -0.04, name, fontsize=8, ha="center", va="top", transform=ax.transAxes)
+                     f"(p = {probs[i, pred[i]]:.2f})\n{name}", fontsize=9)
     fig.suptitle("most confident mistakes", fontsize=13)
     return _save(fig, Path(path))
