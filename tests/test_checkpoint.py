@@ -183,3 +183,13 @@ def test_e2cnn_round_trip_through_safetensors(tmp_path):
     x = torch.rand(2, 1, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), model.eval()(x))
+
+
+def test_preprocess_read_only_memmap_and_bad_dtype(tmp_path):
+    path = tmp_path / "x.npy"
+    np.save(path, np.full((2, 8, 8), 0.75, dtype=np.float32))
+    images = np.load(path, mmap_mode="r")
+    out = preprocess(images, {"preprocessing": {"subtract": 0.5, "divide": 0.5}})
+    np.testing.assert_allclose(out.numpy(), 0.5)  # (0.75 - 0.5) / 0.5
+    with pytest.raises(DarklensError, match="numeric"):
+        preprocess(np.array([[["a"]]]), {"preprocessing": {}})

@@ -393,3 +393,17 @@ def test_e2cnn_state_dict_is_mode_independent_and_copyable():
         assert (other(x) - model(x)).abs().max() > 1e-3
         other.load_state_dict(model.state_dict())
         torch.testing.assert_close(other(x), model(x))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["e2cnn_c8", "e2cnn_d4"])
+@torch.no_grad()
+def test_full_e2cnn_invariance_and_export_150(name):
+    from darklens.models import export_plain
+
+    model = _trained_like(name)
+    x = torch.rand(2, 1, 150, 150, generator=torch.Generator().manual_seed(0))
+    reference = model(x)
+    torch.testing.assert_close(export_plain(model)(x), reference, atol=1e-5, rtol=1e-5)
+    for k in (1, 2, 3):
+        assert (model(torch.rot90(x, k, (2, 3))) - reference).abs().max() < 1e-4

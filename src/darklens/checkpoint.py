@@ -306,7 +306,15 @@ def preprocess(images: np.ndarray | torch.Tensor, meta: dict) -> torch.Tensor:
     Returns:
         float32 tensor ``(N, C, h, w)`` on the input's device (CPU for numpy input).
     """
-    x = torch.as_tensor(np.asarray(images) if not isinstance(images, torch.Tensor) else images)
+    if isinstance(images, torch.Tensor):
+        x = images
+    else:
+        array = np.asarray(images)
+        if array.dtype.kind not in "fiub":
+            raise DarklensError(f"images: expected a numeric array, got dtype {array.dtype}")
+        if not array.flags.writeable:  # read-only memmaps: torch warns on sharing them
+            array = array.astype(np.float32, copy=True)
+        x = torch.from_numpy(array)
     if x.ndim == 3:
         x = x.unsqueeze(1)
     if x.ndim != 4:

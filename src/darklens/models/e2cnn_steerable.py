@@ -17,6 +17,7 @@ for inference and ONNX export, with identical outputs.
 from __future__ import annotations
 
 import copy
+import warnings
 
 import numpy as np
 import torch
@@ -155,8 +156,12 @@ class SteerableCNN(nn.Module):
         for i, fields in enumerate(widths):
             out_type = enn.FieldType(gspace, fields * [gspace.regular_repr])
             kernel = stem_kernel if i == 0 else kernel_size
+            with warnings.catch_warnings():  # e2cnn's uint8-mask deprecation, not ours to fix
+                warnings.filterwarnings("ignore", message="indexing with dtype torch.uint8")
+                conv = enn.R2Conv(in_type, out_type, kernel_size=kernel, padding=kernel // 2,
+                                  bias=False)
             stages.append(enn.SequentialModule(
-                enn.R2Conv(in_type, out_type, kernel_size=kernel, padding=kernel // 2, bias=False),
+                conv,
                 enn.InnerBatchNorm(out_type),
                 enn.ReLU(out_type, inplace=True),
             ))
