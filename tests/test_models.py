@@ -407,3 +407,8 @@ def test_full_e2cnn_invariance_and_export_150(name):
     torch.testing.assert_close(export_plain(model)(x), reference, atol=1e-5, rtol=1e-5)
     for k in (1, 2, 3):
         assert (model(torch.rot90(x, k, (2, 3))) - reference).abs().max() < 1e-4
+
+
+def test_e2cnn_bad_group_is_a_user_error():
+    with pytest.raises(DarklensError, match="cN or dN"):
+        create_model("e2cnn_tiny", group="x8")

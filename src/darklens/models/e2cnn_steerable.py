@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from darklens.errors import DarklensError
 from darklens.models.registry import register_model
 
 
@@ -140,13 +141,13 @@ class SteerableCNN(nn.Module):
         from e2cnn import nn as enn
 
         _patch_e2cnn_for_numpy2()
-        order = int(group[1:])
-        if group[0].lower() == "c":
-            gspace = gspaces.Rot2dOnR2(N=order)
-        elif group[0].lower() == "d":
-            gspace = gspaces.FlipRot2dOnR2(N=order)
+        kind, order = str(group)[:1].lower(), str(group)[1:]
+        if kind not in ("c", "d") or not order.isdigit() or int(order) < 1:
+            raise DarklensError(f"e2cnn group must be cN or dN (e.g. c8, d4), got {group!r}")
+        if kind == "c":
+            gspace = gspaces.Rot2dOnR2(N=int(order))
         else:
-            raise ValueError(f"group must be cN or dN, got {group!r}")
+            gspace = gspaces.FlipRot2dOnR2(N=int(order))
         self.group = group
         self.group_size = gspace.fibergroup.order()
         self.input_type = enn.FieldType(gspace, in_chans * [gspace.trivial_repr])

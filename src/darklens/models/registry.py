@@ -77,8 +77,10 @@ def create_model(name: str, in_chans: int = 1, num_classes: int = 3, **kwargs) -
         )
     try:
         return builder(in_chans=in_chans, num_classes=num_classes, **kwargs)
-    except TypeError as e:  # an unknown keyword: report it in one line, not a traceback
-        raise DarklensError(f"model {name!r}: {e}") from None
+    except TypeError as e:
+        if "keyword argument" not in str(e):
+            raise  # a bug inside the builder, not the user's options
+        raise DarklensError(f"model {name!r}: {e}") from None  # e.g. a typo in --set model.x
 
 
 def _create_timm(timm_name: str, in_chans: int, num_classes: int, **kwargs) -> nn.Module:
@@ -95,4 +97,6 @@ def _create_timm(timm_name: str, in_chans: int, num_classes: int, **kwargs) -> n
             timm_name, pretrained=False, in_chans=in_chans, num_classes=num_classes, **kwargs
         )
     except TypeError as e:
+        if "keyword argument" not in str(e):
+            raise
         raise DarklensError(f"model timm:{timm_name}: {e}") from None
