@@ -15,6 +15,16 @@ ort = pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models gain nothing from threads, and on a loaded 2-core machine OpenMP barriers
+    make each forward pass up to 50x slower: run this module's tests on one thread."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def test_onnx_matches_pytorch(tmp_path):
     from darklens.checkpoint import load_checkpoint, preprocess
 

@@ -26,6 +26,13 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return device
 
 
+def enable_cudnn_autotune(device: torch.device) -> None:
+    """Let cuDNN pick the fastest convolution for our fixed input size (evaluate/predict only:
+    a global switch, so library callers such as training decide for themselves)."""
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+
+
 def d4_views(x: torch.Tensor) -> Iterator[torch.Tensor]:
     """The 8 images of ``x`` (B, C, H, W) under the dihedral group D4: 4 rotations x {id, flip}."""
     for flipped in (x, torch.flip(x, dims=(-1,))):
@@ -45,14 +52,16 @@ def _preprocess(batch: torch.Tensor, meta: dict) -> torch.Tensor:
 
 @torch.inference_mode()
 def probs_for_batch(model: torch.nn.Module, x: torch.Tensor, tta: bool = False) -> torch.Tensor:
-    """Softmax probabilities (B, K) of a preprocessed batch ``x``; D4-averaged when ``tta``."""
+    """Softmax probabilities (B, K) of a preprocessed batch ``x``; D4-averaged when ``tta``.
+
+    With ``tta`` the 8 views go through the model as one batch of 8B: one forward pass instead
+    of eight (far fewer kernel launches and thread barriers).
+    """
     if not tta:
         return torch.softmax(model(x).float(), dim=1)
-    total = None
-    for view in d4_views(x):
-        p = torch.softmax(model(view).float(), dim=1)
-        total = p if total is None else total + p
-    return total / 8.0
+    views = torch.cat(list(d4_views(x)))
+    probs = torch.softmax(model(views).float(), dim=1)
+    return probs.reshape(8, len(x), -1).mean(dim=0)
 
 
 def predict_proba(
@@ -73,7 +82,7 @@ def predict_proba(
         model: the classifier (moved to ``device`` and put in eval mode).
         meta: checkpoint metadata from :func:`darklens.checkpoint.load_checkpoint`.
         images: pixels as stored in the files (e.g. in [0, 1]).
-        batch_size: images per forward pass (a TTA batch runs 8 passes).
+        batch_size: images per forward pass; with ``tta``, ``batch_size // 8`` images x 8 views.
         device: ``cpu``, ``cuda`` or ``auto``.
         tta: average the softmax over the 8 D4 rotations/flips.
         progress: show a progress bar on stderr.
@@ -84,22 +93,23 @@ def predict_proba(
     device = resolve_device(device)
     model = model.to(device).eval()
     n = len(images)
-    out: list[np.ndarray] = []
+    if tta:  # 8 views per image: keep the images per forward pass (and memory) as without TTA
+        batch_size = max(1, batch_size // 8)
+    out: list[torch.Tensor] = []
     bar = tqdm(total=n, desc="predicting" + (" (TTA x8)" if tta else ""), unit="img",
                disable=None if progress and n else True, leave=False)  # None: off without a TTY
     with bar:
         for start in range(0, n, batch_size):
             # a copy: the packed cache is a read-only memmap, which torch will not wrap
             chunk = np.array(images[start: start + batch_size], dtype=np.float32)
-            batch = torch.from_numpy(chunk)
-            if device.type == "cuda":
-                batch = batch.pin_memory().to(device, non_blocking=True)
+            batch = torch.from_numpy(chunk).to(device)
             if batch.ndim == 3:
                 batch = batch.unsqueeze(1)  # (B, H, W) -> (B, 1, H, W)
             x = _preprocess(batch, meta)
-            out.append(probs_for_batch(model, x, tta).double().cpu().numpy())
+            # stays on the device: no sync per batch, so reading the next batch overlaps compute
+            out.append(probs_for_batch(model, x, tta))
             bar.update(len(chunk))
     if not out:
         num_classes = len(meta.get("classes", ())) or 3
         return np.zeros((0, num_classes))
-    return np.concatenate(out)
+    return torch.cat(out).double().cpu().numpy()

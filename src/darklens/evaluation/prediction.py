@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from darklens.config import atomic_write_text
 from darklens.errors import DarklensError
-from darklens.evaluation.inference import predict_proba, resolve_device
+from darklens.evaluation.inference import enable_cudnn_autotune, predict_proba, resolve_device
 from darklens.evaluation.report import predictions_csv
 
 #: problems meaning the cache misses readable .npy files (outside class folders, or of another
@@ -156,6 +156,7 @@ def predict(
     from darklens.checkpoint import load_checkpoint
 
     torch_device = resolve_device(device)
+    enable_cudnn_autotune(torch_device)
     net, meta = load_checkpoint(model, device=torch_device)
     all_paths: list[str] = []
     all_probs: list[np.ndarray] = []

@@ -19,7 +19,7 @@ import numpy as np
 from darklens import CLASSES
 from darklens.config import atomic_write_text
 from darklens.errors import DarklensError
-from darklens.evaluation.inference import predict_proba, resolve_device
+from darklens.evaluation.inference import enable_cudnn_autotune, predict_proba, resolve_device
 from darklens.evaluation.metrics import compute_metrics, json_safe
 
 ALL_SPLIT = "all"
@@ -139,6 +139,7 @@ def evaluate(
     from darklens.evaluation import plots
 
     torch_device = resolve_device(device)
+    enable_cudnn_autotune(torch_device)
     net, meta = load_checkpoint(model, device=torch_device)
     ds = open_dataset(data, allow_pickle=allow_pickle, progress=progress and sys.stderr.isatty())
     part = _choose_split(ds, data, split)
