@@ -25,10 +25,23 @@ def _one_thread():
     torch.set_num_threads(threads)
 
 
-def test_onnx_matches_pytorch(tmp_path):
+def _e2cnn_checkpoint(run):
+    from darklens.checkpoint import save_checkpoint
+    from darklens.models import create_model
+
+    torch.manual_seed(0)
+    save_checkpoint(run / "best", create_model("e2cnn_tiny").eval(), model_name="e2cnn_tiny",
+                    model_kwargs={}, preprocessing={"subtract": 0.5, "input_size": [SIZE, SIZE]},
+                    config={}, metrics={})
+    return run
+
+
+@pytest.mark.parametrize("make", [tiny_checkpoint, _e2cnn_checkpoint],
+                         ids=["densenet_cbam_tiny", "e2cnn_tiny"])
+def test_onnx_matches_pytorch(tmp_path, make):
     from darklens.checkpoint import load_checkpoint, preprocess
 
-    run = tiny_checkpoint(tmp_path / "run")
+    run = make(tmp_path / "run")
     path = tmp_path / "out" / "model.onnx"
     assert main(["export", str(run), "--onnx", str(path)]) == 0
     model, meta = load_checkpoint(str(run))
@@ -47,7 +60,7 @@ def test_onnx_matches_pytorch(tmp_path):
     props = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
     assert json.loads(props["darklens_preprocessing"]) == {"subtract": 0.5,
                                                            "input_size": [SIZE, SIZE]}
-    assert props["darklens_model"] == "densenet_cbam_tiny"
+    assert props["darklens_model"] == meta["model"]
 
 
 def test_export_bad_model_is_one_line(tmp_path, capsys):
