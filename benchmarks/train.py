@@ -177,7 +177,9 @@ def main(argv: list[str] | None = None) -> None:
               "data": {"preset": "model_a", "n_train_per_class": a.n_train,
                        "n_val_per_class": a.n_val, "seed": a.data_seed}}
     result["simulate_s"] = simulate(a.data, a.n_train, a.n_val, a.data_seed)
+    print(f"simulated in {result['simulate_s']:.1f} s", flush=True)
     result["pack_s"] = pack(a.data)
+    print(f"packed in {result['pack_s']:.1f} s", flush=True)
     a.runs.mkdir(parents=True, exist_ok=True)
     stage = stage_speed if a.stage == "speed" else stage_accuracy
     result.update(stage(a, a.runs))

@@ -72,6 +72,7 @@ def train_one_epoch(model: nn.Module, batches: Iterable, *, n_steps: int, optimi
     model.train()
     total_loss = torch.zeros((), device=device, dtype=torch.float64)
     n_images = 0
+    skipped = 0
     start = time.perf_counter()
     bar = tqdm(total=n_steps, desc=desc, disable=not show_progress, leave=False)
     for step, (x, y) in enumerate(batches):
@@ -83,14 +84,20 @@ def train_one_epoch(model: nn.Module, batches: Iterable, *, n_steps: int, optimi
         loss = loss_fn(logits.float(), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        if grad_clip > 0:
-            nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-        optimizer.step()
+        # The norm doubles as a divergence check: a non-finite gradient would poison the
+        # optimizer moments and every later step, so such a step is skipped (as AMP's scaler
+        # does). The check syncs once per step, after backward, where it costs little.
+        grad_norm = nn.utils.clip_grad_norm_(model.parameters(),
+                                             grad_clip if grad_clip > 0 else math.inf)
+        if torch.isfinite(grad_norm):
+            optimizer.step()
+        else:
+            skipped += 1
         scheduler.step()
         if ema is not None:
             ema.update(_unwrap(model))
         # Accumulate on the device: a .item() per step would stall the GPU pipeline.
-        total_loss += loss.detach() * y.shape[0]
+        total_loss += torch.nan_to_num(loss.detach()) * y.shape[0]
         n_images += y.shape[0]
         bar.update(1)
         if step_hook is not None:
@@ -99,7 +106,8 @@ def train_one_epoch(model: nn.Module, batches: Iterable, *, n_steps: int, optimi
     mean_loss = float(total_loss.item()) / max(1, n_images)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    return {"train_loss": mean_loss, "images": n_images, "seconds": time.perf_counter() - start}
+    return {"train_loss": mean_loss, "images": n_images, "skipped_steps": skipped,
+            "seconds": time.perf_counter() - start}
 
 
 @torch.no_grad()
