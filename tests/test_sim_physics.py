@@ -54,7 +54,10 @@ def test_sis_deflection_is_theta_E_along_r_hat():
 
 
 def test_point_mass_and_shear_match_lenstronomy_and_caustics():
-    from caustics.lenses.func import reduced_deflection_angle_point
+    from caustics.lenses.func import (
+        reduced_deflection_angle_external_shear,
+        reduced_deflection_angle_point,
+    )
 
     x, y = _grid()
     kw = dict(theta_E=0.21, center_x=0.33, center_y=-0.41)
@@ -66,6 +69,8 @@ def test_point_mass_and_shear_match_lenstronomy_and_caustics():
     ref = LensModel(["SHEAR"]).alpha(x, y, [dict(gamma1=0.12, gamma2=-0.07)])
     sx, sy = P.shear_deflection(_t(x).float(), _t(y).float(), _t(0.12), _t(-0.07))
     assert _rel(sx, ref[0]) < 1e-4 and _rel(sy, ref[1]) < 1e-4
+    cx_, cy_ = reduced_deflection_angle_external_shear(0.0, 0.0, _t(0.12), _t(-0.07), _t(x), _t(y))
+    assert _rel(sx, cx_) < 1e-4 and _rel(sy, cy_) < 1e-4
 
 
 def test_line_mass_matches_1000_point_chain():

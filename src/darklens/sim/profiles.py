@@ -1,12 +1,12 @@
 """Batched lens and light profiles in lenstronomy's conventions (angles in arcsec).
 
 Every function broadcasts: parameters are (B, 1, 1) tensors, coordinates (1, H, W) or (B, H, W).
-External shear comes from caustics' functional API; the SIE, point mass, line mass and
-Sersic profile are written here because (a) the tests compare against lenstronomy's
-parameterisation (theta_E, e1/e2 with the product-average radius), which caustics defines
-differently, and (b) they use only ops whose CPU results do not depend on memory layout
-(``atan2``, ``atanh`` and ``pow`` differ between PyTorch's vectorised and scalar loops, which
-would make image bytes depend on the batch size).
+caustics (MIT) is the second oracle in the tests rather than a runtime dependency: its import
+pulls in astropy (absent from the GPU image) and ~1.5 s of CPU, its SIE shifts q = 1 to
+1 - 1e-6 and defines the Einstein radius differently from lenstronomy, and it uses atanh/pow.
+These functions use only ops whose CPU results do not depend on memory layout (``atan2``,
+``atanh`` and ``pow`` differ between PyTorch's vectorised and scalar loops, which would make
+image bytes depend on the batch size).
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ from __future__ import annotations
 import math
 
 import torch
-from caustics.lenses.func import reduced_deflection_angle_external_shear
 
 Tensor = torch.Tensor
 
@@ -68,8 +67,12 @@ def sie_deflection(x, y, theta_E, q, phi, center_x=0.0, center_y=0.0):
 
 
 def shear_deflection(x, y, gamma1, gamma2):
-    """External shear about the origin: alpha = (g1 x + g2 y, g2 x - g1 y) (lenstronomy SHEAR)."""
-    return reduced_deflection_angle_external_shear(0.0, 0.0, gamma1, gamma2, x, y)
+    """External shear about the origin: alpha = (g1 x + g2 y, g2 x - g1 y) (Meneghetti eq. 3.80).
+
+    Same as lenstronomy SHEAR and caustics' ``reduced_deflection_angle_external_shear`` (the
+    tests compare all three).
+    """
+    return gamma1 * x + gamma2 * y, gamma2 * x - gamma1 * y
 
 
 def point_mass_deflection(x, y, theta_E, center_x, center_y):
