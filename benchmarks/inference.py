@@ -98,11 +98,15 @@ def main() -> None:
     ap.add_argument("--gpu-batch", type=int, default=256)
     ap.add_argument("--gpu-images", type=int, default=8192)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--cpu-threads", type=int, default=None,
+                    help="torch CPU threads (default: torch's choice, one per core)")
     ap.add_argument("--skip-cpu", action="store_true")
     ap.add_argument("--out", default="benchmarks/results/inference.json", help="JSON result file")
     args = ap.parse_args()
 
     results = {}
+    if args.cpu_threads:
+        torch.set_num_threads(args.cpu_threads)
     if not args.skip_cpu:
         results["cpu"] = bench_device(torch.device("cpu"), args.cpu_batch, args.cpu_images,
                                       args.repeats)
@@ -115,6 +119,8 @@ def main() -> None:
         "benchmark": "inference", "model": MODEL, "image_size": SIZE, "precision": "fp32",
         "results": results,
         "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        # other processes on the box slow the CPU numbers: the 1-minute load says how busy it was
+        "load_average_1min_at_end": round(os.getloadavg()[0], 2),
         "torch": torch.__version__,
         "date": dt.date.today().isoformat(),
         "command": "python benchmarks/inference.py " + " ".join(sys.argv[1:]),
