@@ -1,4 +1,4 @@
-"""Benchmark: inference images/s of the notebook's model (``densenet_cbam``, 150x150) on CPU and GPU.
+"""Benchmark: inference images/s of the notebook's model (``densenet_cbam``, 150x150), CPU and GPU.
 
 Both devices in one run (GPU skipped when there is none). For each device it times:
 

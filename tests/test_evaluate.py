@@ -192,7 +192,7 @@ def test_evaluate_bad_model_is_one_line(setup, tmp_path, capsys):
 
 
 def test_tta_is_invariant_under_d4(setup):
-    """Averaging all 8 D4 views makes the output exactly invariant to rotating/flipping the input."""
+    """Averaging all 8 D4 views makes the output invariant to rotating/flipping the input."""
     from darklens.checkpoint import load_checkpoint
     from darklens.evaluation import predict_proba
 
@@ -241,3 +241,23 @@ def test_unknown_device_is_user_error():
         pytest.skip("a CUDA device exists here")
     with pytest.raises(DarklensError, match="no CUDA device"):
         resolve_device("cuda")
+
+
+@pytest.mark.gpu
+def test_cuda_matches_cpu(setup, tmp_path):
+    """evaluate and predict on the GPU give the CPU's numbers (fp32, cuDNN autotuned)."""
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    from darklens.evaluation import evaluate, predict
+
+    tmp, data, run = setup
+    reports = {dev: evaluate(str(run), str(data), split="val", out=tmp_path / dev, tta=True,
+                             allow_pickle=False, device=dev) for dev in ("cpu", "cuda")}
+    for key in ("no", "sphere", "vort", "micro", "macro"):
+        assert reports["cuda"]["auc"][key] == pytest.approx(reports["cpu"]["auc"][key], abs=1e-3)
+    probs = {}
+    for dev in ("cpu", "cuda"):
+        assert predict(str(run), [str(data / "val")], out=tmp_path / f"{dev}.csv", tta=False,
+                       device=dev) == 0
+        probs[dev] = read_csv(tmp_path / f"{dev}.csv")[1]
+    assert np.abs(probs["cuda"] - probs["cpu"]).max() < 1e-4

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import pickle
 import zipfile
 from pathlib import Path
 
@@ -169,7 +168,6 @@ def test_pickle_needs_allow_pickle(run, tmp_path, capsys):
     arr[0], arr[1] = lens_like(np.random.default_rng(0), 2), 1e-23
     path = tmp_path / "axion.npy"
     with open(path, "wb") as f:
-        pickle.dump  # noqa: B018  (np.save pickles object arrays itself)
         np.save(f, arr, allow_pickle=True)
     out = tmp_path / "p.csv"
     assert main(["predict", str(run), str(path), "--out", str(out)]) == 2

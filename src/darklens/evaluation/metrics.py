@@ -43,7 +43,9 @@ def binary_auc(is_positive: np.ndarray, scores: np.ndarray) -> float | None:
     return np.where((n_pos > 0) & (n_neg > 0), auc, np.nan)
 
 
-def expected_calibration_error(y_true: np.ndarray, probs: np.ndarray, n_bins: int = ECE_BINS) -> float:
+def expected_calibration_error(
+    y_true: np.ndarray, probs: np.ndarray, n_bins: int = ECE_BINS
+) -> float:
     """Top-label expected calibration error with ``n_bins`` equal-width bins.
 
     ECE = sum_b (n_b / N) * |accuracy_b - mean confidence_b|, where the confidence is the largest
@@ -81,7 +83,9 @@ def _check(y_true: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.ndarra
     if probs.ndim != 2 or probs.shape[1] != len(CLASSES):
         raise ValueError(f"probs must be (N, {len(CLASSES)}), got {probs.shape}")
     if len(y_true) != len(probs) or len(y_true) == 0:
-        raise ValueError(f"need as many labels as rows of probs (>0), got {len(y_true)}, {len(probs)}")
+        raise ValueError(
+            f"need as many labels as rows of probs (>0), got {len(y_true)}, {len(probs)}"
+        )
     if y_true.min() < 0 or y_true.max() >= len(CLASSES):
         raise ValueError(f"labels must lie in 0..{len(CLASSES) - 1}")
     if not np.isfinite(probs).all():
