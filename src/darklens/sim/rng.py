@@ -85,7 +85,8 @@ def uniform(keys: tuple[torch.Tensor, torch.Tensor], stream: int, dtype=torch.fl
 
 
 def pixel_normal(
-    keys: tuple[torch.Tensor, torch.Tensor], stream: int, shape: tuple[int, int], dtype=torch.float32
+    keys: tuple[torch.Tensor, torch.Tensor], stream: int, shape: tuple[int, int],
+    dtype=torch.float32,
 ) -> torch.Tensor:
     """Standard normal noise of ``shape`` per image, (B, *shape), by Box-Muller.
 

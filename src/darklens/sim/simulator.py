@@ -131,7 +131,7 @@ def draw_params(config: SimConfig, keys: tuple[Tensor, Tensor], labels: Tensor,
 
 
 def pixel_grid(config: SimConfig, device, dtype=torch.float32) -> tuple[Tensor, Tensor]:
-    """Pixel-centre coordinates (1, H, W) [arcsec], centred on the optical axis; y grows with row."""
+    """Pixel-centre coordinates (1, H, W) [arcsec] about the optical axis; y grows with row."""
     n, s = config.image_size, config.pixel_scale
     t = (torch.arange(n, dtype=torch.float64) - (n - 1) / 2.0) * s
     y, x = torch.meshgrid(t, t, indexing="ij")
@@ -161,9 +161,13 @@ def deflection(config: SimConfig, x: Tensor, y: Tensor, p: dict[str, Tensor],
         bx, by = (ax, ay) if rows is None else (ax[rows], ay[rows])
         for i in range(config.n_subhalos):  # fixed order: sums are bit-reproducible
             sx, sy = P.point_mass_deflection(x, y, c(f"sub{i}_theta_E", rows),
-                                             c(f"sub{i}_center_x", rows), c(f"sub{i}_center_y", rows))
+                                             c(f"sub{i}_center_x", rows),
+                                             c(f"sub{i}_center_y", rows))
             bx, by = bx + sx, by + sy
-        ax, ay = (bx, by) if rows is None else (ax.index_copy(0, rows, bx), ay.index_copy(0, rows, by))
+        if rows is None:
+            ax, ay = bx, by
+        else:
+            ax, ay = ax.index_copy(0, rows, bx), ay.index_copy(0, rows, by)
     rows = torch.nonzero(p["vort_length"] > 0).flatten() if skip_massless else None
     vx, vy = _vortex_deflection(config, x, y, {k: c(k, rows) for k in (
         "vort_length", "vort_angle", "vort_center_x", "vort_center_y", "vort_theta_E")})
@@ -198,7 +202,7 @@ def render_noise_free(config: SimConfig, p: dict[str, Tensor], device) -> Tensor
     def c(name: str) -> Tensor:
         return p[name][:, None, None]
 
-    ax, ay = deflection(config, x, y, p, skip_massless=torch.device(device).type == "cpu")
+    ax, ay = deflection(config, x, y, p, skip_massless=_eager_cpu(device))
     bx, by = x - ax, y - ay
     image = P.sersic(bx, by, c("source_amp"), c("source_R_sersic"), c("source_n_sersic"),
                      c("source_e1"), c("source_e2"), c("source_center_x"), c("source_center_y"))
@@ -216,11 +220,16 @@ def add_noise(config: SimConfig, image: Tensor, exposure: Tensor, keys) -> Tenso
         return image
     counts_var = (torch.clamp(image, min=0.0) + config.sky) / exposure[:, None, None]
     sigma = torch.sqrt(counts_var + config.background_rms**2)
-    if image.device.type == "cpu":
+    if _eager_cpu(image.device):
         normal = _cpu_normal(keys, tuple(image.shape[-2:]))
     else:  # hashed per pixel: one fused, batch-independent kernel under torch.compile
         normal = pixel_normal(keys, _NOISE_STREAM, tuple(image.shape[-2:]))
     return image + sigma * normal
+
+
+def _eager_cpu(device) -> bool:
+    """Eager CPU: take the data-dependent fast paths (they would break a compiled graph)."""
+    return torch.device(device).type == "cpu" and not torch.compiler.is_compiling()
 
 
 def _cpu_normal(keys: tuple[Tensor, Tensor], shape: tuple[int, int]) -> Tensor:

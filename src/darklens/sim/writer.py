@@ -1,7 +1,7 @@
 """``darklens simulate``: write a simulated dataset in the Common Test layout.
 
 OUT/{train,val,test}/{no,sphere,vort}/<n>.npy   (1, H, W) float32 in [0, 1]
-OUT/params.csv                                   one row per image: path, split, label, every parameter
+OUT/params.csv                                   one row per image: path, split, label, parameters
 OUT/config.yaml                                  preset, all ranges after overrides, seed, version
 
 Shards: the job list (split by split, index by index, the three classes interleaved) is cut in n
