@@ -65,6 +65,9 @@ def test_read_rejects_bad_shapes(tmp_path):
     np.save(tmp_path / "odd.npy", np.zeros(15))
     with pytest.raises(DarklensError, match="odd.npy: flat array of 15"):
         read_image(tmp_path / "odd.npy")
+    (tmp_path / "text.npy").write_text("hello")
+    with pytest.raises(DarklensError, match="text.npy: not a .npy file"):
+        read_image(tmp_path / "text.npy")
     np.save(tmp_path / "rgb.npy", np.zeros((3, 8, 8)))
     with pytest.raises(DarklensError, match="unsupported array shape"):
         read_image(tmp_path / "rgb.npy")

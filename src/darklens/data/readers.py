@@ -22,7 +22,19 @@ PICKLE_HINT = "it is a pickled object array; pass --allow-pickle only if you tru
 def load_npy(source: str | Path | bytes, name: str, allow_pickle: bool = False) -> np.ndarray:
     """``np.load`` one file (path or raw bytes) with pickles refused unless allowed."""
     try:
-        buf = io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source
+        buf = io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else open(source, "rb")
+    except OSError as e:
+        raise DarklensError(f"{name}: cannot open ({e.strerror})") from None
+    with buf:
+        # without the .npy magic numpy would try to unpickle the bytes: say what it really is
+        if buf.read(6) != b"\x93NUMPY":
+            raise DarklensError(f"{name}: not a .npy file (no NUMPY header)")
+        buf.seek(0)
+        return _load(buf, name, allow_pickle)
+
+
+def _load(buf, name: str, allow_pickle: bool) -> np.ndarray:
+    try:
         arr = np.load(buf, allow_pickle=allow_pickle)
     except ValueError as e:
         if "allow_pickle" in str(e) or "Object arrays" in str(e):
