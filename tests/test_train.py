@@ -1,0 +1,203 @@
+"""darklens.train on CPU: schedule, D4, splits, leakage, metrics vs sklearn, resume, DDP (gloo)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from darklens.errors import DarklensError
+from darklens.train import train
+from darklens.training import data as tdata
+from darklens.training import loop
+
+sys.path.insert(0, str(Path(__file__).parent))
+from train_fixtures import write_dataset  # noqa: E402
+
+TINY = {"model": "densenet_cbam_tiny", "batch": 32, "device": "cpu", "allow_pickle": False,
+        "lr": 3e-3}
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("DARKLENS_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory) -> Path:
+    return write_dataset(tmp_path_factory.mktemp("tiny") / "ds", n_train=32, n_val=12)
+
+
+def read_rows(run: Path) -> list[dict]:
+    with (run / "metrics.csv").open() as f:
+        return list(csv.DictReader(f))
+
+
+def test_cosine_with_warmup_hand_values():
+    f = loop.cosine_with_warmup(10, 110)
+    assert f(0) == 0.0 and f(5) == pytest.approx(0.5) and f(10) == pytest.approx(1.0)
+    assert f(60) == pytest.approx(0.5)  # half-way through the cosine: (1 + cos(pi/2)) / 2
+    assert f(35) == pytest.approx((1 + math.cos(math.pi / 4)) / 2)
+    assert f(110) == pytest.approx(0.0)
+
+
+def test_d4_augment_gives_the_eight_symmetries():
+    g = torch.Generator().manual_seed(0)
+    base = np.arange(16, dtype=np.float32).reshape(4, 4)
+    out = tdata.d4_augment(torch.from_numpy(base).expand(400, 1, 4, 4).clone(), g).numpy()
+    group = [np.rot90(base, k) for k in range(4)] + [np.rot90(base.T, k) for k in range(4)]
+    seen = set()
+    for img in out[:, 0]:
+        match = [i for i, ref in enumerate(group) if np.array_equal(img, ref)]
+        assert len(match) == 1
+        seen.add(match[0])
+    assert seen == set(range(8))
+
+
+def test_stratified_val_indices():
+    labels = np.repeat([0, 1, 2], [100, 50, 30])
+    idx = tdata.stratified_val_indices(labels, 0.2, seed=3)
+    assert np.bincount(labels[idx]).tolist() == [20, 10, 6]
+    assert np.array_equal(idx, tdata.stratified_val_indices(labels, 0.2, seed=3))
+    assert not np.array_equal(idx, tdata.stratified_val_indices(labels, 0.2, seed=4))
+
+
+def test_train_writes_run_and_metrics_match_sklearn(tiny_data, tmp_path):
+    from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
+
+    from darklens.checkpoint import load_checkpoint, preprocess
+    from darklens.data import open_dataset
+
+    run = train(str(tiny_data), out=tmp_path / "run", recipe="fast", epochs=2, resume=False,
+                seed=0, overrides={"ema_decay": "0.9"}, **TINY)
+    rows = read_rows(run)
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+    assert int(rows[0]["train_images"]) == 96  # 96 // 32 full batches, drop_last
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    assert config["seed"] == 0 and config["recipe"] == "fast" and config["lr"] == 3e-3
+    for name in ("best", "last"):
+        assert (run / f"{name}.safetensors").exists() and (run / f"{name}.json").exists()
+
+    # The best checkpoint, re-scored with sklearn, must reproduce its metrics.csv row.
+    model, meta = load_checkpoint(run, device="cpu")
+    val = open_dataset(tiny_data, progress=False).split("val")
+    with torch.no_grad():
+        probs = model.eval()(preprocess(np.asarray(val.images), meta)).softmax(1).numpy()
+    best = rows[meta["metrics"]["epoch"] - 1]
+    onehot = np.eye(3)[val.labels]
+    assert float(best["accuracy"]) == pytest.approx(accuracy_score(val.labels, probs.argmax(1)),
+                                                    abs=1e-6)
+    assert float(best["macro_f1"]) == pytest.approx(
+        f1_score(val.labels, probs.argmax(1), average="macro"), abs=1e-5)
+    assert float(best["auc_macro"]) == pytest.approx(
+        roc_auc_score(onehot, probs, average="macro"), abs=1e-4)
+    assert float(best["auc_micro"]) == pytest.approx(
+        roc_auc_score(onehot, probs, average="micro"), abs=1e-4)
+    assert max(float(r["auc_macro"]) for r in rows) == float(best["auc_macro"])
+
+
+def test_refuses_leakage_between_train_and_val(tmp_path):
+    root = write_dataset(tmp_path / "ds", n_train=4, n_val=2)
+    leaked = np.load(root / "train" / "sphere" / "1.npy")
+    np.save(root / "val" / "vort" / "0.npy", leaked)
+    with pytest.raises(DarklensError, match="both train and val.*train/sphere/1.npy"):
+        train(str(root), out=tmp_path / "run", recipe="fast", epochs=1, resume=False, seed=0,
+              overrides={}, **TINY)
+
+
+def test_no_val_split_makes_a_recorded_stratified_split(tmp_path):
+    root = write_dataset(tmp_path / "ds", n_train=20, n_val=None)
+    run = train(str(root), out=tmp_path / "run", recipe="fast", epochs=1, resume=False, seed=5,
+                overrides={"val_fraction": "0.25", "bn_recalib_batches": "1"}, **TINY)
+    split = json.loads((run / "val_split.json").read_text())
+    classes = [p.split("/")[-2] for p in split["val_paths"]]
+    assert sorted(classes) == ["no"] * 5 + ["sphere"] * 5 + ["vort"] * 5
+    assert int(read_rows(run)[0]["train_images"]) == 32  # 45 train images -> one batch of 32
+
+
+def test_bad_settings_are_one_line_errors(tiny_data, tmp_path):
+    with pytest.raises(DarklensError, match="unknown train config key 'nope'"):
+        train(str(tiny_data), out=tmp_path / "r", recipe="fast", epochs=1, resume=False, seed=0,
+              overrides={"nope": "1"}, **TINY)
+    with pytest.raises(DarklensError, match="nothing to resume"):
+        train(str(tiny_data), out=tmp_path / "r2", recipe="fast", epochs=1, resume=True, seed=0,
+              overrides={}, **TINY)
+
+
+def test_seed_recipe_is_the_notebooks():
+    from darklens.train import build_config
+
+    c = build_config(recipe="seed", model="densenet_cbam", epochs=None, batch=None, lr=None,
+                     seed=0, overrides=None)
+    assert (c.lr, c.weight_decay, c.batch_size, c.epochs, c.warmup_epochs) == (
+        3e-4, 1e-5, 64, 20, 3.0)
+    assert c.label_smoothing == 0.1 and c.plain_ce_during_warmup and c.subtract == 0.5
+    assert c.augment == "none" and c.amp == "none" and c.ema_decay == 0
+
+
+_KILLED_RUN = textwrap.dedent("""
+    import os, sys
+    from darklens.training import loop
+    # Simulate kill -9 in the middle of epoch 2: no cleanup, no checkpoint of that epoch.
+    original = loop.train_one_epoch
+    def crashing(*args, **kwargs):
+        if kwargs["desc"].startswith("epoch 2/"):
+            kwargs["step_hook"] = lambda step: os._exit(137) if step == 1 else None
+        return original(*args, **kwargs)
+    loop.train_one_epoch = crashing
+    from darklens.cli import main
+    sys.exit(main(["train", sys.argv[1], "--out", sys.argv[2], "--model", "densenet_cbam_tiny",
+                   "--device", "cpu", "--epochs", "2", "--batch", "32", "--lr", "3e-3",
+                   "--set", "ema_decay=0.9", "--set", "bn_recalib_batches=2"]))
+""")
+
+
+def test_resume_after_kill_matches_uninterrupted_run(tiny_data, tmp_path):
+    from safetensors.torch import load_file
+
+    script = tmp_path / "killed_run.py"
+    script.write_text(_KILLED_RUN)
+    killed = subprocess.run([sys.executable, str(script), str(tiny_data), str(tmp_path / "k")],
+                            capture_output=True, text=True, env=os.environ.copy())
+    assert killed.returncode == 137, killed.stderr[-2000:]
+    assert len(read_rows(tmp_path / "k")) == 1  # epoch 2 never finished
+    args = dict(recipe="fast", epochs=2, seed=0,
+                overrides={"ema_decay": "0.9", "bn_recalib_batches": "2"}, **TINY)
+    train(str(tiny_data), out=tmp_path / "k", resume=True, **args)
+    train(str(tiny_data), out=tmp_path / "full", resume=False, **args)
+
+    a = load_file(tmp_path / "full" / "last.safetensors")
+    b = load_file(tmp_path / "k" / "last.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    timing = {"train_images_per_s", "epoch_train_s", "elapsed_s"}
+    rows_a = [{k: v for k, v in r.items() if k not in timing} for r in read_rows(tmp_path / "full")]
+    rows_b = [{k: v for k, v in r.items() if k not in timing} for r in read_rows(tmp_path / "k")]
+    assert rows_a == rows_b and len(rows_a) == 2
+
+
+def test_ddp_two_cpu_processes_with_gloo(tiny_data, tmp_path):
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+           "--master_port", "29533", "-m", "darklens", "train", str(tiny_data), "--out", str(out),
+           "--model", "densenet_cbam_tiny", "--device", "cpu", "--epochs", "1", "--batch", "32",
+           "--set", "bn_recalib_batches=1"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert yaml.safe_load((out / "config.yaml").read_text())["world_size"] == 2
+    rows = read_rows(out)
+    # 96 images, 16 per rank per step: 3 global steps of 32 -> every image seen exactly once.
+    assert len(rows) == 1 and int(rows[0]["train_images"]) == 96
+    assert (out / "best.safetensors").exists()
