@@ -201,3 +201,14 @@ def test_ddp_two_cpu_processes_with_gloo(tiny_data, tmp_path):
     # 96 images, 16 per rank per step: 3 global steps of 32 -> every image seen exactly once.
     assert len(rows) == 1 and int(rows[0]["train_images"]) == 96
     assert (out / "best.safetensors").exists()
+
+
+@pytest.mark.slow
+def test_sim_preset_trains_on_fresh_batches_with_fixed_val(tmp_path):
+    run = train("sim:model_a", out=tmp_path / "sim", recipe="fast", epochs=2, resume=False,
+                seed=0, overrides={"sim_set": "[image_size=32]", "sim_steps_per_epoch": "2",
+                                   "sim_val_per_class": "4", "bn_recalib_batches": "1"},
+                **{**TINY, "batch": 12})
+    rows = read_rows(run)
+    assert [int(r["train_images"]) for r in rows] == [24, 24]
+    assert yaml.safe_load((run / "config.yaml").read_text())["data_info"]["n_val"] == 12
