@@ -36,24 +36,8 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
-def time_darklens(preset, device, batch, iters, compiled):
-    config = get_config(preset)
-    labels = torch.arange(batch) % 3
-    indices = torch.arange(batch)
-    render(config, 0, 0, labels, indices, device, compiled=compiled)  # warm-up / compile
-    _sync(device)
-    times = []
-    for it in range(iters):
-        t0 = time.perf_counter()
-        images, _ = render(config, 0, 0, labels, indices + (it + 1) * batch, device,
-                           compiled=compiled)
-        _sync(device)
-        times.append(time.perf_counter() - t0)
-    assert torch.isfinite(images).all()
-    return batch / float(np.median(times))
-
-
-def time_lenstronomy(preset, n_images):
+def lenstronomy_renderer(preset, n_images):
+    """A closure that renders lenstronomy image b (0 <= b < n_images) of ``preset``."""
     from lenstronomy.Data.pixel_grid import PixelGrid
     from lenstronomy.Data.psf import PSF
     from lenstronomy.ImSim.image_model import ImageModel
@@ -70,8 +54,8 @@ def time_lenstronomy(preset, n_images):
                      ra_at_xy_0=-(n - 1) / 2 * scale, dec_at_xy_0=-(n - 1) / 2 * scale)
     psf = PSF(psf_type="PIXEL", kernel_point_source=np.outer(taps, taps))
     rng = np.random.default_rng(0)
-    t0 = time.perf_counter()
-    for b in range(n_images):
+
+    def render_one(b):
         p = {k: float(v[b]) for k, v in params.items()}
         lens = ["SIE", "SHEAR"] + ["POINT_MASS"] * config.n_subhalos
         kw = [dict(theta_E=p["theta_E"], e1=p["lens_e1"], e2=p["lens_e2"],
@@ -101,8 +85,36 @@ def time_lenstronomy(preset, n_images):
         sigma = np.sqrt((np.clip(image, 0, None) + config.sky) / p["exposure"]
                         + config.background_rms**2)
         image = image + sigma * rng.standard_normal(image.shape)
-        image = (image - image.min()) / (image.max() - image.min())
-    return n_images / (time.perf_counter() - t0)
+        return (image - image.min()) / (image.max() - image.min())
+
+    return render_one
+
+
+def interleaved_rates(preset, device, batch, iters, compiled, n_lens):
+    """Median rates of darklens batches and lenstronomy images, timed alternately.
+
+    Alternating rounds (one darklens batch, then n_lens / iters lenstronomy images) keep a
+    shared, fluctuating CPU load from favouring either side.
+    """
+    config = get_config(preset)
+    labels, indices = torch.arange(batch) % 3, torch.arange(batch)
+    render(config, 0, 0, labels, indices, device, compiled=compiled)  # warm-up / compile
+    _sync(device)
+    one = lenstronomy_renderer(preset, n_lens) if n_lens else None
+    ours, theirs, b = [], [], 0
+    for it in range(iters):
+        t0 = time.perf_counter()
+        images, _ = render(config, 0, 0, labels, indices + (it + 1) * batch, device,
+                           compiled=compiled)
+        _sync(device)
+        ours.append(batch / (time.perf_counter() - t0))
+        for _ in range(n_lens // iters if one else 0):
+            t0 = time.perf_counter()
+            one(b)
+            theirs.append(1.0 / (time.perf_counter() - t0))
+            b += 1
+    assert torch.isfinite(images).all()
+    return float(np.median(ours)), (float(np.median(theirs)) if theirs else None)
 
 
 def main(argv=None):
@@ -110,7 +122,7 @@ def main(argv=None):
     ap.add_argument("--presets", default="model_a,model_i,model_ii")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--batch", type=int, default=None)
-    ap.add_argument("--iters", type=int, default=5)
+    ap.add_argument("--iters", type=int, default=10)
     ap.add_argument("--compile", choices=["auto", "on", "off"], default="auto")
     ap.add_argument("--lenstronomy", type=int, default=30, help="baseline images (0: skip)")
     ap.add_argument("--write-check", action="store_true",
@@ -129,18 +141,17 @@ def main(argv=None):
               "cpu_threads": torch.get_num_threads(), "batch": batch, "compiled": compiled,
               "simulate_img_per_s": {}, "lenstronomy_img_per_s": {}, "speedup": {}}
     for preset in a.presets.split(","):
-        rate = time_darklens(preset, device, batch, a.iters, compiled)
+        try:
+            rate, base = interleaved_rates(preset, device, batch, a.iters, compiled,
+                                           a.lenstronomy)
+        except ImportError:  # no lenstronomy (e.g. the GPU image): darklens alone
+            rate, base = interleaved_rates(preset, device, batch, a.iters, compiled, 0)
         result["simulate_img_per_s"][preset] = round(rate, 1)
         line = f"{preset:10s} darklens {rate:12.1f} img/s"
-        if a.lenstronomy:
-            try:
-                base = time_lenstronomy(preset, a.lenstronomy)
-            except ImportError:
-                base = None
-            if base:
-                result["lenstronomy_img_per_s"][preset] = round(base, 2)
-                result["speedup"][preset] = round(rate / base, 1)
-                line += f"   lenstronomy {base:8.2f} img/s   x{rate / base:.1f}"
+        if base:
+            result["lenstronomy_img_per_s"][preset] = round(base, 2)
+            result["speedup"][preset] = round(rate / base, 1)
+            line += f"   lenstronomy {base:8.2f} img/s   x{rate / base:.1f}"
         print(line, flush=True)
     if a.determinism_check:
         config = get_config("model_a")
