@@ -13,3 +13,15 @@ def _isolated_cache(tmp_path_factory):
         os.environ.pop("DARKLENS_CACHE", None)
     else:
         os.environ["DARKLENS_CACHE"] = old
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models gain nothing from threads, and on a loaded 2-core machine OpenMP barriers
+    make each forward pass up to 50x slower: modules that use this run on one thread."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

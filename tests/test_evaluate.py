@@ -17,14 +17,7 @@ from darklens.errors import DarklensError
 SIZE = 32
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from threads, and on a loaded 2-core machine OpenMP barriers
-    make each forward pass up to 50x slower: run this module's tests on one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def lens_like(rng: np.random.Generator, label: int, size: int = SIZE) -> np.ndarray:
