@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import math
 import platform
 import shutil
 import sys
@@ -25,7 +24,7 @@ import numpy as np
 import torch
 
 from darklens.sim import simulate_dataset
-from darklens.sim import profiles as P
+from darklens.sim.lenstronomy_oracle import lenstronomy_renderer as oracle_renderer
 from darklens.sim.presets import get_config
 from darklens.sim.rng import image_keys
 from darklens.sim.simulator import draw_params, render
@@ -37,52 +36,17 @@ def _sync(device):
 
 
 def lenstronomy_renderer(preset, n_images):
-    """A closure that renders lenstronomy image b (0 <= b < n_images) of ``preset``."""
-    from lenstronomy.Data.pixel_grid import PixelGrid
-    from lenstronomy.Data.psf import PSF
-    from lenstronomy.ImSim.image_model import ImageModel
-    from lenstronomy.LensModel.lens_model import LensModel
-    from lenstronomy.LightModel.light_model import LightModel
-
+    """A closure that renders lenstronomy image b (0 <= b < n_images) of ``preset``, with noise."""
     config = get_config(preset, {"vort_model": "chain"})
-    n, scale = config.image_size, config.pixel_scale
     labels = torch.arange(n_images) % 3
     params = draw_params(config, image_keys(0, 0, labels, torch.arange(n_images)), labels)
-    taps = P.gaussian_kernel_1d(P.fwhm_to_sigma(config.psf_fwhm) / scale, config.psf_size,
-                                dtype=torch.float64).numpy()
-    grid = PixelGrid(nx=n, ny=n, transform_pix2angle=np.eye(2) * scale,
-                     ra_at_xy_0=-(n - 1) / 2 * scale, dec_at_xy_0=-(n - 1) / 2 * scale)
-    psf = PSF(psf_type="PIXEL", kernel_point_source=np.outer(taps, taps))
+    # all subhalo slots, empty ones too: the same work darklens does for every image
+    noise_free = oracle_renderer(config, keep_empty_subhalos=True)
     rng = np.random.default_rng(0)
 
     def render_one(b):
-        p = {k: float(v[b]) for k, v in params.items()}
-        lens = ["SIE", "SHEAR"] + ["POINT_MASS"] * config.n_subhalos
-        kw = [dict(theta_E=p["theta_E"], e1=p["lens_e1"], e2=p["lens_e2"],
-                   center_x=p["lens_center_x"], center_y=p["lens_center_y"]),
-              dict(gamma1=p["gamma1"], gamma2=p["gamma2"])]
-        kw += [dict(theta_E=p[f"sub{i}_theta_E"], center_x=p[f"sub{i}_center_x"],
-                    center_y=p[f"sub{i}_center_y"]) for i in range(config.n_subhalos)]
-        if p["vort_theta_E"] > 0:
-            m, half = config.vort_chain_points, p["vort_length"] / 2
-            for k in range(m):
-                t = 2 * (k + 0.5) / m - 1
-                lens.append("POINT_MASS")
-                kw.append(dict(theta_E=p["vort_theta_E"] / math.sqrt(m),
-                               center_x=p["vort_center_x"] + t * half * math.cos(p["vort_angle"]),
-                               center_y=p["vort_center_y"] + t * half * math.sin(p["vort_angle"])))
-        model = ImageModel(grid, psf, lens_model_class=LensModel(lens),
-                           source_model_class=LightModel(["SERSIC_ELLIPSE"]),
-                           lens_light_model_class=LightModel(["SERSIC_ELLIPSE"]),
-                           kwargs_numerics={"supersampling_factor": 1})
-        src = dict(amp=p["source_amp"], R_sersic=p["source_R_sersic"],
-                   n_sersic=p["source_n_sersic"], e1=p["source_e1"], e2=p["source_e2"],
-                   center_x=p["source_center_x"], center_y=p["source_center_y"])
-        ll = dict(amp=p["lens_light_amp"], R_sersic=p["lens_light_R_sersic"],
-                  n_sersic=p["lens_light_n_sersic"], e1=p["lens_light_e1"], e2=p["lens_light_e2"],
-                  center_x=p["lens_center_x"], center_y=p["lens_center_y"])
-        image = model.image(kw, [src], [ll]) / scale**2
-        sigma = np.sqrt((np.clip(image, 0, None) + config.sky) / p["exposure"]
+        image = noise_free(params, b)
+        sigma = np.sqrt((np.clip(image, 0, None) + config.sky) / float(params["exposure"][b])
                         + config.background_rms**2)
         image = image + sigma * rng.standard_normal(image.shape)
         return (image - image.min()) / (image.max() - image.min())
