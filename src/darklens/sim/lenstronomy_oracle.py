@@ -66,7 +66,7 @@ def lens_components(config: SimConfig, p: Mapping[str, float], *,
 
 
 def light_components(p: Mapping[str, float]) -> tuple[dict, dict]:
-    """lenstronomy SERSIC_ELLIPSE kwargs of (source, lens light); the lens light sits on the lens."""
+    """lenstronomy SERSIC_ELLIPSE kwargs (source, lens light); the lens light sits on the lens."""
     source = dict(amp=p["source_amp"], R_sersic=p["source_R_sersic"],
                   n_sersic=p["source_n_sersic"], e1=p["source_e1"], e2=p["source_e2"],
                   center_x=p["source_center_x"], center_y=p["source_center_y"])
