@@ -84,6 +84,20 @@ def uniform(keys: tuple[torch.Tensor, torch.Tensor], stream: int, dtype=torch.fl
     return _to_unit(h, dtype)
 
 
+def uniform_block(keys: tuple[torch.Tensor, torch.Tensor], n_streams: int,
+                  dtype=torch.float32) -> torch.Tensor:
+    """(B, n_streams) U(0,1): column j equals ``uniform(keys, j + 1)`` bit for bit.
+
+    One hash over a block instead of one small hash per stream: under ``torch.compile`` the
+    graph shrinks from thousands of integer ops to a few dozen (compile time), and eager GPU
+    runs one kernel per op instead of one per op and stream (launch overhead).
+    """
+    k1, k2 = keys
+    streams = torch.arange(1, n_streams + 1, device=k1.device, dtype=torch.int64)
+    h = mix32(k1[:, None] ^ mix32(k2[:, None] + streams[None, :] * 0x632BE5AB))
+    return _to_unit(h, dtype)
+
+
 def pixel_normal(
     keys: tuple[torch.Tensor, torch.Tensor], stream: int, shape: tuple[int, int],
     dtype=torch.float32,

@@ -20,22 +20,28 @@ from darklens.errors import DarklensError
 from darklens.sim import profiles as P
 from darklens.sim.cosmology import theta_E_squared_per_msun
 from darklens.sim.presets import SimConfig, get_config
-from darklens.sim.rng import SPLITS, image_keys, pixel_normal, uniform
+from darklens.sim.rng import SPLITS, image_keys, pixel_normal, uniform_block
 
 Tensor = torch.Tensor
 _NOISE_STREAM = 0x7FFF  # stream id of the pixel noise (parameter draws count up from 1)
 
 
 class _Draws:
-    """Sequential named random streams for one batch; draw order fixes each stream's id."""
+    """Sequential named random streams for one batch; draw order fixes each stream's id.
 
-    def __init__(self, keys: tuple[Tensor, Tensor]):
-        self.keys = keys
+    All streams are hashed at once (``uniform_block``); stream j is column j - 1, the same bits
+    as ``uniform(keys, j)``.
+    """
+
+    def __init__(self, keys: tuple[Tensor, Tensor], n_streams: int):
+        self.block = uniform_block(keys, n_streams)
         self.stream = 0
 
     def u(self) -> Tensor:
+        if self.stream >= self.block.shape[1]:
+            raise RuntimeError("draw_params used more random streams than _n_streams() counted")
         self.stream += 1
-        return uniform(self.keys, self.stream)
+        return self.block[:, self.stream - 1]
 
     def range(self, bounds: Sequence[float]) -> Tensor:
         lo, hi = float(bounds[0]), float(bounds[1])
@@ -51,6 +57,11 @@ def _power_law(u: Tensor, lo: float, hi: float, slope: float) -> Tensor:
     return torch.exp(torch.log(lo_a + u * (hi_a - lo_a)) / a)
 
 
+def _n_streams(config: SimConfig) -> int:
+    """Random streams ``draw_params`` needs: 27 fixed draws + 3 per subhalo slot (+ spare)."""
+    return 32 + 3 * config.n_subhalos
+
+
 def draw_params(config: SimConfig, keys: tuple[Tensor, Tensor], labels: Tensor,
                 k_msun: float | None = None) -> dict[str, Tensor]:
     """Draw every parameter of every image; (B,) float32 tensors named like lenstronomy kwargs.
@@ -59,7 +70,7 @@ def draw_params(config: SimConfig, keys: tuple[Tensor, Tensor], labels: Tensor,
     exists for every image (zero mass unless the label is 2, vort), so one batch mixes classes.
     """
     c = config
-    d = _Draws(keys)
+    d = _Draws(keys, _n_streams(config))
     p: dict[str, Tensor] = {}
     if k_msun is None:  # theta_E^2 per Msun
         k_msun = theta_E_squared_per_msun(c.z_lens, c.z_source, c.H0, c.Om0)
