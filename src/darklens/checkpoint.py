@@ -164,7 +164,11 @@ def _pretrained_dir():
 
 
 def list_pretrained() -> list[dict]:
-    """Shipped pretrained checkpoints: ``[{"name", "model", "metrics", "description"}]``."""
+    """Shipped pretrained checkpoints: ``[{"name", "model", "metrics", "description", "trained"}]``.
+
+    ``metrics`` of a packaged model (``benchmarks/package_pretrained.py``) are its test-split
+    numbers (``accuracy``, ``auc_macro``, ``ci95``, ...); ``trained`` records how it was made.
+    """
     out = []
     folder = _pretrained_dir()
     if not folder.is_dir():
@@ -182,6 +186,7 @@ def list_pretrained() -> list[dict]:
             "model": meta.get("model"),
             "metrics": meta.get("metrics", {}),
             "description": meta.get("description", ""),
+            "trained": meta.get("trained", {}),
         })
     return out
 

@@ -54,8 +54,48 @@ def print_models(pattern: str = "*") -> None:
     if not shipped:
         print("pretrained: none shipped" + ("" if pattern == "*" else f" matching {pattern!r}"))
         return
-    pwidth = max(len("pretrained:" + p["name"]) for p in shipped)
-    print(f"{'pretrained':<{pwidth}}  {'model':<{width}}  metrics")
+    print(format_pretrained(shipped))
+
+
+def _num(value) -> str:
+    return f"{value:.4f}" if isinstance(value, (int, float)) else "n/a"
+
+
+def _test_columns(metrics: dict) -> tuple[str, str, str]:
+    """(accuracy with its 95% CI, macro AUC, test set) of a packaged model's recorded metrics."""
+    ci = (metrics.get("ci95") or {}).get("accuracy")
+    accuracy = _num(metrics.get("accuracy"))
+    if isinstance(ci, (list, tuple)) and len(ci) == 2:
+        accuracy += f" [{_num(ci[0])}, {_num(ci[1])}]"
+    per_class = metrics.get("n_per_class") or {}
+    size = f"{metrics.get('n', '?')} images"
+    if per_class:
+        size = "+".join(str(v) for v in per_class.values()) + " images"
+    test_set = (f"{metrics.get('preset', '?')} {metrics.get('split', 'test')} "
+                f"seed {metrics.get('dataset_seed', '?')}, {size}")
+    return accuracy, _num(metrics.get("auc_macro")), test_set
+
+
+def format_pretrained(shipped: list[dict]) -> str:
+    """The table of shipped models: name, architecture, recorded test accuracy (95% bootstrap
+    CI) and macro AUC, the test set they come from, then the description.
+
+    Checkpoints without packaged test metrics (no ``accuracy``) list whatever numbers they hold.
+    """
+    rows = []
     for p in shipped:
-        print(f"{'pretrained:' + p['name']:<{pwidth}}  {str(p['model']):<{width}}  "
-              f"{_format_metrics(p['metrics'])}")
+        metrics = p.get("metrics") or {}
+        if "accuracy" in metrics:
+            accuracy, auc, test_set = _test_columns(metrics)
+        else:
+            accuracy, auc, test_set = "-", "-", _format_metrics(metrics)
+        rows.append(("pretrained:" + p["name"], str(p["model"]), accuracy, auc, test_set,
+                     p.get("description") or ""))
+    header = ("pretrained", "model", "test accuracy [95% CI]", "AUC macro", "recorded on")
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(4)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths)) + "  " + header[4]]
+    for row in rows:
+        lines.append("  ".join(v.ljust(w) for v, w in zip(row, widths)) + "  " + row[4])
+        if row[5]:
+            lines.append("    " + row[5])
+    return "\n".join(line.rstrip() for line in lines)
