@@ -1,20 +1,40 @@
-"""Training benchmarks on one GPU: the notebook pipeline against ``darklens train``, and the
-model_a accuracy table. Everything runs in one process tree on one card; results go to JSON.
+"""Training benchmarks: notebook vs ``darklens train`` speed, the model_a accuracy table on
+several GPUs at once, DDP scaling, and simulation time. Results go to JSON, rewritten after every
+finished job, so a run killed at its wall limit keeps everything finished before.
+
+GPU run (one call, 4 GPUs, 10-minute limit; ``--budget-min`` keeps each command inside its share,
+killing and evaluating what is still running when the share is spent)::
+
+    D=/tmp/model_a; R=benchmarks/results
+    python benchmarks/train.py --stage simulate --data $D --train 2000 --val 500 --test 500 \
+        --gpus 4 --json $R/train_simulate.json
+    python benchmarks/train.py --stage accuracy --data $D --gpus 4 --runs /tmp/acc \
+        --models densenet_cbam:30,e2cnn_c8:20,resnet18:20,densenet_cbam:20:seed \
+        --job-minutes 3 --budget-min 4.5 --json $R/train_accuracy.json
+    python benchmarks/train.py --stage ddp --data $D --gpu-counts 1,2,4 --epochs 3 \
+        --model densenet_cbam --runs /tmp/ddp --job-minutes 1 --budget-min 2.5 \
+        --json $R/train_ddp.json
+
+CPU smoke test (what the session ran): the same with ``--device cpu``, ``--sim-set image_size=32``,
+``--models resnet_tiny:1,densenet_cbam_tiny:1`` and ``--gpu-counts 1,2 --model resnet_tiny``.
 
 Stages (``--stage``):
 
-* ``speed``: simulate a Common-Test-size model_a set (10,000 train / 2,500 val per class) unless
-  ``--data`` exists, then (1) the notebook pipeline (``benchmarks/notebook_pipeline.py``: per-file
-  loading, 4 workers, fp32, batch 64, seed_exact DenseNet-CBAM) for ``--notebook-epochs`` epochs;
-  (2) ``darklens train --recipe fast`` with the same model on the same data; (3) ``darklens train
-  --recipe seed`` (the notebook's hyper-parameters in darklens' data path) for a few epochs.
-  Reports images/s of each, ``train_speedup_vs_notebook`` (fast / notebook images/s) and the
-  wall time each needs to reach the notebook run's final val accuracy.
-* ``accuracy``: ``darklens train --recipe fast`` for each of ``--models`` on the same kind of
-  set; accuracy and macro AUC of the best epoch (by val macro AUC) in one table
-  (``model_a_accuracy`` / ``model_a_macro_auc`` = the best model's).
-
-    python benchmarks/train.py --stage speed --data /tmp/model_a --json speed.json
+* ``speed``: the notebook pipeline (``benchmarks/notebook_pipeline.py``: per-file loading,
+  4 workers, fp32, batch 64) against ``darklens train --recipe fast`` and ``--recipe seed`` on one
+  GPU; images/s, ``train_speedup_vs_notebook`` and time to the notebook's final val accuracy.
+* ``accuracy``: ``--models`` (``name:epochs[:recipe]``, recipe default ``fast``) trained
+  concurrently, one job per GPU (``CUDA_VISIBLE_DEVICES``; a queue when there are more jobs than
+  GPUs), each in ``RUNS/<name>-<recipe>`` with its log there, under ``--job-minutes``; then
+  ``darklens evaluate RUN DATA --split test`` on the same GPU. ``model_a_accuracy`` /
+  ``model_a_macro_auc`` are those of the best model by test macro AUC.
+* ``ddp``: ``torchrun --standalone --nproc_per_node k`` for each k of ``--gpu-counts``; steady
+  images/s, speed-up vs k=1, scaling efficiency and final val accuracy. ``darklens train``'s
+  ``batch_size`` is GLOBAL (split evenly over ranks), so by default every k trains the same
+  global batch (strong scaling; per-GPU batch = global / k); ``--per-gpu-batch B`` instead keeps
+  B per GPU (weak scaling, global = B * k, same lr).
+* ``simulate``: ``darklens simulate`` (the CLI, ``--device auto``; with ``--gpus N`` N shards,
+  one per GPU) then the packed cache, each timed.
 """
 
 from __future__ import annotations
@@ -23,23 +43,399 @@ import argparse
 import csv
 import json
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+T0 = time.monotonic()
+_children: set[subprocess.Popen] = set()  # every live process group we started
+_lock = threading.Lock()  # guards _children and the shared result dict / JSON file
 
 
-def simulate(data: Path, n_train: int, n_val: int, seed: int) -> float:
-    """Write the model_a set with the project's GPU simulator; returns seconds (0 if present)."""
+# --- subprocesses under a wall limit ---------------------------------------------------------
+
+def run_limited(cmd: list[str], *, env: dict, log: Path | None, limit_s: float | None) -> dict:
+    """Run ``cmd`` in its own process group; kill the group after ``limit_s`` seconds.
+
+    Returns ``{"returncode", "wall_s", "killed"}``. Output goes to ``log`` (appended) or inherits
+    ours. A process group, so torchrun's workers die with it.
+    """
+    print("+", " ".join(cmd), flush=True)
+    out = log.open("a") if log else None
+    t = time.perf_counter()
+    proc = subprocess.Popen(cmd, env={**os.environ, "PYTHONUNBUFFERED": "1", **env},
+                            stdout=out, stderr=subprocess.STDOUT if out else None,
+                            start_new_session=True)
+    with _lock:
+        _children.add(proc)
+    killed = False
+    try:
+        proc.wait(timeout=limit_s)
+    except subprocess.TimeoutExpired:
+        killed = True
+        _kill_group(proc)
+    finally:
+        with _lock:
+            _children.discard(proc)
+        if out:
+            out.close()
+    return {"returncode": proc.returncode, "wall_s": time.perf_counter() - t, "killed": killed}
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    """SIGTERM the group, SIGKILL it 10 s later if it still lives."""
+    for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 5)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            break
+        try:
+            proc.wait(timeout=wait)
+            break
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def _on_sigterm(signum, frame):  # the device tool's timeout: leave no orphans behind
+    with _lock:
+        procs = list(_children)
+    for p in procs:
+        _kill_group(p)
+    raise SystemExit(128 + signum)
+
+
+def remaining_s(a: argparse.Namespace) -> float:
+    """Seconds left of ``--budget-min`` (infinite without one)."""
+    if not a.budget_min:
+        return float("inf")
+    return a.budget_min * 60 - (time.monotonic() - T0)
+
+
+def write_json(path: Path, result: dict) -> None:
+    """Atomic rewrite, so a kill mid-write never leaves half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(result, indent=1))
+    os.replace(tmp, path)
+
+
+# --- reading run folders -------------------------------------------------------------------
+
+def read_metrics(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    with path.open() as f:
+        return [{k: _float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def _float(v: str) -> float:
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return float("nan")
+
+
+def steady_images_per_s(rows: list[dict]) -> float | None:
+    """Median training images/s over epochs after the first (which pays warm-up/compile)."""
+    if not rows:
+        return None
+    values = sorted(r["train_images_per_s"] for r in (rows[1:] or rows))
+    return values[len(values) // 2]
+
+
+def count_params(run: Path) -> int | None:
+    """Trainable parameters of the run's model (rebuilt from best.json, weights not loaded)."""
+    try:
+        meta = json.loads((run / "best.json").read_text())
+        from darklens.models import create_model
+
+        net = create_model(meta["model"], in_chans=1, num_classes=3, **meta["model_kwargs"])
+        return sum(p.numel() for p in net.parameters() if p.requires_grad)
+    except Exception as e:  # a count must never cost the table
+        print(f"{run}: cannot count parameters ({type(e).__name__}: {e})", flush=True)
+        return None
+
+
+# --- device slots --------------------------------------------------------------------------
+
+@dataclass
+class Slots:
+    """Where jobs run: ``n`` GPUs (one job each) or ``n`` concurrent CPU processes."""
+
+    device: str  # "cuda" or "cpu": passed to darklens as --device
+    n: int
+    free: list = field(default_factory=list)
+
+    def env(self, ids: list[int]) -> dict:
+        """Environment of a job on slots ``ids``: its GPUs, and its share of the CPU threads."""
+        threads = str(max(1, (os.cpu_count() or 1) * len(ids) // self.n))
+        if self.device == "cpu":
+            return {"CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": threads}
+        return {"CUDA_VISIBLE_DEVICES": ",".join(map(str, ids)), "OMP_NUM_THREADS": threads}
+
+
+def make_slots(device: str, n: int) -> Slots:
+    if device == "auto":
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda":
+        import torch
+
+        have = torch.cuda.device_count()
+        if have < n:
+            raise SystemExit(f"--gpus {n}: only {have} CUDA devices visible")
+    return Slots(device=device, n=n)
+
+
+def run_pool(jobs: list, slots: Slots, work) -> None:
+    """``work(job, slot_id)`` for every job, at most one job per slot at a time, in order."""
+    queue = list(jobs)
+
+    def worker(slot: int) -> None:
+        while True:
+            with _lock:
+                if not queue:
+                    return
+                job = queue.pop(0)
+            try:
+                work(job, slot)
+            except Exception as e:  # one broken job must not stop the queue of its slot
+                print(f"job {job!r} failed: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+
+    threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(slots.n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        while t.is_alive():  # join with a timeout so SIGTERM reaches the main thread
+            t.join(timeout=1.0)
+
+
+def darklens_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "darklens", *args]
+
+
+def train_args(run: Path, extra: list[str], minutes: float) -> list[str]:
+    """Resume an interrupted run in place (re-running the driver after a timeout continues it);
+    otherwise a fresh one under an in-loop time limit."""
+    if (run / "last.state.pt").exists():
+        return ["--resume"]
+    # The loop's clock starts after data loading/compile: leave it 30 s of the job's minutes.
+    return [*extra, "--set", f"time_limit_min={max(0.1, minutes - 0.5):.2f}"]
+
+
+# --- stage: accuracy -----------------------------------------------------------------------
+
+def parse_models(text: str, default_epochs: int) -> list[tuple[str, int, str]]:
+    specs = []
+    for spec in text.split(","):
+        name, epochs, recipe = (spec.split(":") + ["", ""])[:3]
+        specs.append((name, int(epochs or default_epochs), recipe or "fast"))
+    return specs
+
+
+def accuracy_job(a, slots: Slots, spec, slot: int, result: dict) -> None:
+    name, epochs, recipe = spec
+    key = f"{name}-{recipe}"
+    run = a.runs / key
+    run.mkdir(parents=True, exist_ok=True)
+    log = run / "log.txt"
+    env = slots.env([slot])
+    entry = {"model": name, "recipe": recipe, "epochs_requested": epochs, "slot": slot,
+             "run": str(run), "log": str(log)}
+    minutes = min(a.job_minutes, (remaining_s(a) - 60 * a.eval_minutes) / 60 - 1)
+    if minutes < 0.25:
+        entry["status"] = "skipped: --budget-min spent"
+    else:
+        extra = ["--epochs", str(epochs)]
+        for item in a.set or []:
+            extra += ["--set", item]
+        cmd = darklens_cmd("train", str(a.data), "--model", name, "--out", str(run), "--recipe",
+                           recipe, "--device", slots.device, *train_args(run, extra, minutes))
+        tr = run_limited(cmd, env=env, log=log, limit_s=60 * (minutes + 1))
+        entry.update(command=" ".join(["darklens", *cmd[3:]]), train_returncode=tr["returncode"],
+                     train_killed=tr["killed"], train_wall_min=tr["wall_s"] / 60)
+        rows = read_metrics(run / "metrics.csv")
+        if rows:
+            best = max(rows, key=lambda r: r["auc_macro"] if r["auc_macro"] == r["auc_macro"]
+                       else -1)
+            entry.update(epochs_done=len(rows), best_epoch=int(best["epoch"]),
+                         val_accuracy=best["accuracy"], val_macro_auc=best["auc_macro"],
+                         train_images_per_s=steady_images_per_s(rows))
+        if (run / "best.json").exists():
+            entry["params"] = count_params(run)
+            ev = run_limited(darklens_cmd("evaluate", str(run), str(a.data), "--split",
+                                          a.eval_split, "--out", str(run / f"eval_{a.eval_split}"),
+                                          "--device", slots.device),
+                             env=env, log=log, limit_s=max(30.0, remaining_s(a) - 5))
+            report = run / f"eval_{a.eval_split}" / "report.json"
+            if ev["returncode"] == 0 and report.exists():
+                r = json.loads(report.read_text())
+                entry.update(test_accuracy=r["accuracy"], test_macro_auc=r["auc"]["macro"],
+                             test_macro_auc_ci95=r["ci95"]["macro_auc"],
+                             test_micro_auc=r["auc"]["micro"], eval_split=a.eval_split)
+            entry["eval_wall_min"] = ev["wall_s"] / 60
+        entry["status"] = "ok" if "test_macro_auc" in entry else "failed: see log"
+        entry["wall_min"] = entry["train_wall_min"] + entry.get("eval_wall_min", 0.0)
+    with _lock:
+        result["models"][key] = entry
+        _summarise_accuracy(result)
+        write_json(a.json, result)
+    print(json.dumps({key: entry}), flush=True)
+
+
+def _summarise_accuracy(result: dict) -> None:
+    scored = {k: e for k, e in result["models"].items() if e.get("test_macro_auc") is not None}
+    if scored:
+        best = max(scored, key=lambda k: scored[k]["test_macro_auc"])
+        result.update(best_model=best, model_a_accuracy=scored[best]["test_accuracy"],
+                      model_a_macro_auc=scored[best]["test_macro_auc"])
+
+
+def accuracy_table(result: dict) -> str:
+    def f(v, fmt="{:.4f}"):
+        return "n/a" if v is None else fmt.format(v)
+
+    lines = ["| model | recipe | params | epochs | val acc | val macro AUC | test acc | "
+             "test macro AUC (95% CI) | test micro AUC | train img/s | wall min | status |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for e in result["models"].values():
+        ci = e.get("test_macro_auc_ci95")
+        ci_text = f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""
+        lines.append(
+            f"| {e['model']} | {e['recipe']} | {f(e.get('params'), '{:,}')} | "
+            f"{e.get('epochs_done', 0)}/{e['epochs_requested']} | {f(e.get('val_accuracy'))} | "
+            f"{f(e.get('val_macro_auc'))} | {f(e.get('test_accuracy'))} | "
+            f"{f(e.get('test_macro_auc'))}{ci_text} | {f(e.get('test_micro_auc'))} | "
+            f"{f(e.get('train_images_per_s'), '{:,.0f}')} | {f(e.get('wall_min'), '{:.1f}')} | "
+            f"{e['status']} |")
+    return "\n".join(lines)
+
+
+def stage_accuracy(a: argparse.Namespace, result: dict) -> None:
+    if not (a.data / a.eval_split).is_dir():
+        raise SystemExit(f"{a.data}: no {a.eval_split}/ split to evaluate on; simulate one "
+                         "(--stage simulate --test K) or pass --eval-split val")
+    slots = make_slots(a.device, a.gpus)
+    result.update(gpus=a.gpus, slot_device=slots.device, job_minutes=a.job_minutes, models={})
+    write_json(a.json, result)
+    specs = parse_models(a.models, a.fast_epochs)
+    run_pool(specs, slots, lambda spec, slot: accuracy_job(a, slots, spec, slot, result))
+    result["table_md"] = accuracy_table(result)
+    write_json(a.json, result)
+    print(result["table_md"])
+
+
+# --- stage: ddp ----------------------------------------------------------------------------
+
+def stage_ddp(a: argparse.Namespace, result: dict) -> None:
+    counts = [int(k) for k in a.gpu_counts.split(",")]
+    slots = make_slots(a.device, max(counts))
+    base_batch = 64 if a.recipe == "seed" else 256  # the recipes' global batch (train.py)
+    result.update(model=a.model, recipe=a.recipe, epochs=a.epochs, slot_device=slots.device,
+                  batch_semantics="darklens batch_size is global, split evenly over ranks",
+                  scaling={})
+    for k in counts:
+        run = a.runs / f"ddp{k}"
+        run.mkdir(parents=True, exist_ok=True)
+        global_batch = a.per_gpu_batch * k if a.per_gpu_batch else base_batch
+        minutes = min(a.job_minutes, remaining_s(a) / 60 - 1.5)
+        entry = {"gpus": k, "global_batch": global_batch, "per_gpu_batch": global_batch / k,
+                 "run": str(run)}
+        if minutes < 0.25:
+            entry["status"] = "skipped: --budget-min spent"
+        else:
+            extra = ["--epochs", str(a.epochs), "--batch", str(global_batch)]
+            for item in a.set or []:
+                extra += ["--set", item]
+            cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                   "--nproc_per_node", str(k), "-m", "darklens", "train", str(a.data), "--model",
+                   a.model, "--recipe", a.recipe, "--out", str(run), "--device", slots.device,
+                   *train_args(run, extra, minutes)]
+            tr = run_limited(cmd, env=slots.env(list(range(k))), log=run / "log.txt",
+                             limit_s=60 * (minutes + 1))
+            rows = read_metrics(run / "metrics.csv")
+            entry.update(command=" ".join(["torchrun", *cmd[3:]]), returncode=tr["returncode"],
+                         killed=tr["killed"], wall_min=tr["wall_s"] / 60, epochs_done=len(rows))
+            if rows:
+                entry.update(images_per_s=steady_images_per_s(rows),
+                             final_val_accuracy=rows[-1]["accuracy"],
+                             final_val_macro_auc=rows[-1]["auc_macro"],
+                             steady_epochs=len(rows[1:] or rows))
+            entry["status"] = "ok" if rows and tr["returncode"] == 0 else "incomplete: see log"
+        result["scaling"][str(k)] = entry
+        base = result["scaling"].get(str(counts[0]), {}).get("images_per_s")
+        for e in result["scaling"].values():
+            if base and e.get("images_per_s"):
+                e["speedup_vs_first"] = e["images_per_s"] / base
+                e["scaling_efficiency"] = e["speedup_vs_first"] * counts[0] / e["gpus"]
+        write_json(a.json, result)
+        print(json.dumps({f"ddp{k}": entry}), flush=True)
+    result["table_md"] = ddp_table(result)
+    write_json(a.json, result)
+    print(result["table_md"])
+
+
+def ddp_table(result: dict) -> str:
+    lines = ["| GPUs | global batch | per-GPU batch | epochs | train img/s (steady) | speed-up | "
+             "efficiency | final val acc | status |", "|---|---|---|---|---|---|---|---|---|"]
+    for e in result["scaling"].values():
+        def f(key, fmt="{:.3f}"):
+            return "n/a" if e.get(key) is None else fmt.format(e[key])
+        lines.append(f"| {e['gpus']} | {e['global_batch']} | {e['per_gpu_batch']:g} | "
+                     f"{e.get('epochs_done', 0)} | {f('images_per_s', '{:,.0f}')} | "
+                     f"{f('speedup_vs_first', '{:.2f}x')} | {f('scaling_efficiency', '{:.0%}')} "
+                     f"| {f('final_val_accuracy')} | {e['status']} |")
+    return "\n".join(lines)
+
+
+# --- stage: simulate -----------------------------------------------------------------------
+
+def stage_simulate(a: argparse.Namespace, result: dict) -> None:
+    slots = make_slots("cpu" if a.device == "cpu" else "auto", a.gpus)
+    sim_set = [x for item in a.sim_set or [] for x in ("--set", item)]
+    result.update(gpus=a.gpus, sim_set=a.sim_set or [], already_present=(a.data / "val").is_dir())
+    shards = {}
+
+    def work(i: int, slot: int) -> None:
+        cmd = darklens_cmd("simulate", str(a.data), "--train", str(a.n_train), "--val",
+                           str(a.n_val), "--test", str(a.n_test), "--seed", str(a.data_seed),
+                           "--device", "cpu" if a.device == "cpu" else "auto",
+                           "--shard", f"{i}/{a.gpus}", *sim_set)
+        shards[i] = run_limited(cmd, env=slots.env([slot]), log=None,
+                                limit_s=max(1.0, remaining_s(a) - 30))
+
+    t = time.perf_counter()
+    run_pool(list(range(a.gpus)), slots, work)
+    result["simulate_s"] = time.perf_counter() - t
+    result["shards"] = shards
+    n_images = 3 * (a.n_train + a.n_val + a.n_test)
+    result["simulate_images_per_s"] = n_images / result["simulate_s"]
+    write_json(a.json, result)
+    if any(s["returncode"] != 0 for s in shards.values()):
+        raise SystemExit(f"darklens simulate failed: {shards}")
+    print(f"simulated {n_images} images in {result['simulate_s']:.1f} s", flush=True)
+    result["pack_s"] = pack(a.data)
+    print(f"packed in {result['pack_s']:.1f} s", flush=True)
+    write_json(a.json, result)
+
+
+# --- stage: speed (one GPU, sequential) ----------------------------------------------------
+
+def simulate(data: Path, n_train: int, n_val: int, n_test: int, seed: int) -> float:
+    """Write the model_a set with the project's simulator; returns seconds (0 if present)."""
     if (data / "val").is_dir():
         return 0.0
     from darklens.sim import simulate_dataset
 
     t = time.perf_counter()
-    simulate_dataset(data, preset="model_a", n_train=n_train, n_val=n_val, seed=seed,
-                     device="auto", progress=False)
+    simulate_dataset(data, preset="model_a", n_train=n_train, n_val=n_val, n_test=n_test,
+                     seed=seed, device="auto", progress=False)
     return time.perf_counter() - t
 
 
@@ -54,30 +450,14 @@ def pack(data: Path) -> float:
 
 def run_darklens(data: Path, out: Path, model: str, recipe: str, extra: list[str]) -> dict:
     """``python -m darklens train`` in a subprocess; returns its metrics rows and wall time."""
-    cmd = [sys.executable, "-m", "darklens", "train", str(data), "--model", model,
-           "--out", str(out), "--recipe", recipe, "--device", "auto", *extra]
-    print("+", " ".join(cmd), flush=True)
-    t = time.perf_counter()
-    proc = subprocess.run(cmd, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    wall = time.perf_counter() - t
+    cmd = darklens_cmd("train", str(data), "--model", model, "--out", str(out), "--recipe",
+                       recipe, "--device", "auto", *extra)
+    proc = run_limited(cmd, env={}, log=None, limit_s=None)
     rows = read_metrics(out / "metrics.csv")
-    if proc.returncode != 0 and not rows:
-        raise SystemExit(f"darklens train failed ({proc.returncode}): {' '.join(cmd)}")
-    return {"command": " ".join(["darklens", *cmd[3:]]), "rows": rows, "process_wall_s": wall,
-            "returncode": proc.returncode}
-
-
-def read_metrics(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    with path.open() as f:
-        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
-
-
-def steady_images_per_s(rows: list[dict]) -> float:
-    """Median training images/s over epochs after the first (which pays warm-up/compile)."""
-    values = sorted(r["train_images_per_s"] for r in (rows[1:] or rows))
-    return values[len(values) // 2]
+    if proc["returncode"] != 0 and not rows:
+        raise SystemExit(f"darklens train failed ({proc['returncode']}): {' '.join(cmd)}")
+    return {"command": " ".join(["darklens", *cmd[3:]]), "rows": rows,
+            "process_wall_s": proc["wall_s"], "returncode": proc["returncode"]}
 
 
 def time_to_accuracy(run: dict, target: float) -> float | None:
@@ -93,14 +473,15 @@ def time_to_accuracy(run: dict, target: float) -> float | None:
     return None
 
 
-def stage_speed(a: argparse.Namespace, runs: Path) -> dict:
+def stage_speed(a: argparse.Namespace, result: dict) -> None:
+    runs = a.runs
     nb_json = runs / "notebook.json"
     cmd = [sys.executable, str(HERE / "notebook_pipeline.py"), str(a.data), "--epochs",
            str(a.notebook_epochs), "--warmup-epochs", str(a.notebook_warmup), "--json",
            str(nb_json)]
-    print("+", " ".join(cmd), flush=True)
     t = time.perf_counter()
-    subprocess.run(cmd, check=True)
+    if run_limited(cmd, env={}, log=None, limit_s=None)["returncode"] != 0:
+        raise SystemExit(f"notebook pipeline failed: {' '.join(cmd)}")
     notebook = json.loads(nb_json.read_text())
     notebook["process_wall_s"] = time.perf_counter() - t
     target = notebook["final_val_accuracy"]
@@ -113,7 +494,7 @@ def stage_speed(a: argparse.Namespace, runs: Path) -> dict:
     ips_fast, ips_seed = steady_images_per_s(fast["rows"]), steady_images_per_s(seed["rows"])
     tta_nb = notebook["process_wall_s"]
     tta_fast = time_to_accuracy(fast, target)
-    return {
+    result.update({
         "notebook": notebook, "fast": fast, "seed_recipe": seed,
         "notebook_images_per_s": ips_nb, "fast_images_per_s": ips_fast,
         "seed_recipe_images_per_s": ips_seed,
@@ -125,67 +506,70 @@ def stage_speed(a: argparse.Namespace, runs: Path) -> dict:
         "time_to_accuracy_ratio": (tta_nb / tta_fast) if tta_fast else None,
         "fast_final_accuracy": fast["rows"][-1]["accuracy"],
         "fast_best_macro_auc": max(r["auc_macro"] for r in fast["rows"]),
-    }
+    })
+    write_json(a.json, result)
 
 
-def stage_accuracy(a: argparse.Namespace, runs: Path) -> dict:
-    table = {}
-    for spec in a.models.split(","):
-        name, _, epochs = spec.partition(":")
-        extra = ["--epochs", epochs or str(a.fast_epochs)]
-        for item in a.set or []:
-            extra += ["--set", item]
-        if name.startswith("e2cnn"):
-            extra += ["--set", "compile=off"]  # e2cnn's R2Conv rebuilds filters: no graph gain
-        run = run_darklens(a.data, runs / name, name, "fast", extra)
-        rows = run["rows"]
-        best = max(rows, key=lambda r: r["auc_macro"])
-        table[name] = {"command": run["command"], "epochs": len(rows),
-                       "accuracy": best["accuracy"], "macro_auc": best["auc_macro"],
-                       "micro_auc": best["auc_micro"], "macro_f1": best["macro_f1"],
-                       "best_epoch": int(best["epoch"]),
-                       "images_per_s": steady_images_per_s(rows),
-                       "train_wall_s": run["process_wall_s"]}
-        print(json.dumps({name: table[name]}), flush=True)
-    best_name = max(table, key=lambda n: table[n]["macro_auc"])
-    return {"models": table, "best_model": best_name,
-            "model_a_accuracy": table[best_name]["accuracy"],
-            "model_a_macro_auc": table[best_name]["macro_auc"]}
-
+# --- main ----------------------------------------------------------------------------------
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description="darklens training benchmarks")
-    p.add_argument("--stage", choices=["speed", "accuracy"], required=True)
+    p.add_argument("--stage", choices=["speed", "accuracy", "ddp", "simulate"], required=True)
     p.add_argument("--data", type=Path, default=Path("/tmp/model_a"))
-    p.add_argument("--n-train", type=int, default=10_000, help="per class")
-    p.add_argument("--n-val", type=int, default=2_500, help="per class")
-    p.add_argument("--data-seed", type=int, default=0)
+    p.add_argument("--train", "--n-train", dest="n_train", type=int, default=10_000,
+                   help="simulated images per class")
+    p.add_argument("--val", "--n-val", dest="n_val", type=int, default=2_500)
+    p.add_argument("--test", "--n-test", dest="n_test", type=int, default=0)
+    p.add_argument("--seed", "--data-seed", dest="data_seed", type=int, default=0)
+    p.add_argument("--sim-set", action="append", metavar="KEY=VALUE",
+                   help="simulator override for --stage simulate (e.g. image_size=32)")
     p.add_argument("--runs", type=Path, default=Path("/tmp/bench_runs"))
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                   help="cpu: --gpus / --gpu-counts become concurrent CPU processes")
+    p.add_argument("--gpus", type=int, default=1, help="concurrent jobs (one GPU each)")
+    p.add_argument("--job-minutes", type=float, default=30.0,
+                   help="wall limit per training job (killed 1 min after)")
+    p.add_argument("--budget-min", type=float, default=0.0,
+                   help="wall budget of this whole command (0: none); jobs are clipped to it")
+    p.add_argument("--eval-minutes", type=float, default=1.0,
+                   help="budget reserved for evaluating each job after training")
+    p.add_argument("--eval-split", default="test", choices=["test", "val"])
     p.add_argument("--notebook-epochs", type=int, default=4)
     p.add_argument("--notebook-warmup", type=int, default=1)
     p.add_argument("--fast-epochs", type=int, default=12)
     p.add_argument("--seed-epochs", type=int, default=2)
-    p.add_argument("--models", default="densenet_cbam")
-    p.add_argument("--set", action="append", help="extra --set for the accuracy runs")
+    p.add_argument("--models", default="densenet_cbam", help="name:epochs[:recipe],...")
+    p.add_argument("--model", default="densenet_cbam", help="--stage ddp: the model")
+    p.add_argument("--recipe", default="fast", choices=["fast", "seed"], help="--stage ddp")
+    p.add_argument("--epochs", type=int, default=3, help="--stage ddp: epochs per run")
+    p.add_argument("--gpu-counts", default="1,2", help="--stage ddp: e.g. 1,2,4")
+    p.add_argument("--per-gpu-batch", type=int, default=0,
+                   help="--stage ddp: keep this batch per GPU (default: same global batch)")
+    p.add_argument("--set", action="append", help="extra --set for darklens train")
     p.add_argument("--json", type=Path, required=True)
     a = p.parse_args(argv)
+    signal.signal(signal.SIGTERM, _on_sigterm)
 
     import torch
 
-    result = {"device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
-              "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"),
-              "data": {"preset": "model_a", "n_train_per_class": a.n_train,
-                       "n_val_per_class": a.n_val, "seed": a.data_seed}}
-    result["simulate_s"] = simulate(a.data, a.n_train, a.n_val, a.data_seed)
-    print(f"simulated in {result['simulate_s']:.1f} s", flush=True)
-    result["pack_s"] = pack(a.data)
-    print(f"packed in {result['pack_s']:.1f} s", flush=True)
+    result = {"stage": a.stage, "argv": sys.argv[1:],
+              "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+              "cuda_devices": torch.cuda.device_count(), "cpu_count": os.cpu_count(),
+              "torch": torch.__version__, "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+              "data": {"path": str(a.data), "preset": "model_a", "n_train_per_class": a.n_train,
+                       "n_val_per_class": a.n_val, "n_test_per_class": a.n_test,
+                       "seed": a.data_seed}}
     a.runs.mkdir(parents=True, exist_ok=True)
-    stage = stage_speed if a.stage == "speed" else stage_accuracy
-    result.update(stage(a, a.runs))
-    a.json.parent.mkdir(parents=True, exist_ok=True)
-    a.json.write_text(json.dumps(result, indent=1))
-    summary = {k: v for k, v in result.items() if not isinstance(v, (dict, list))}
+    if a.stage == "simulate":
+        stage_simulate(a, result)
+    else:
+        result["simulate_s"] = simulate(a.data, a.n_train, a.n_val, a.n_test, a.data_seed)
+        result["pack_s"] = pack(a.data)
+        {"speed": stage_speed, "accuracy": stage_accuracy, "ddp": stage_ddp}[a.stage](a, result)
+    result["driver_wall_s"] = time.monotonic() - T0
+    write_json(a.json, result)
+    summary = {k: v for k, v in result.items()
+               if not isinstance(v, (dict, list)) and k != "table_md"}
     print(json.dumps(summary, indent=1))
 
 
