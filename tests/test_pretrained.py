@@ -1,0 +1,228 @@
+"""Shipped pretrained models reproduce their recorded accuracy; the packaging script works.
+
+Every model in ``darklens/pretrained/`` is scored on a freshly simulated test set (a seed it
+never saw) on the CPU: its recorded test accuracy must lie inside the fresh set's bootstrap 95%
+interval. The packaging script is exercised end to end on a tiny model trained for one epoch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.resources
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
+
+from darklens import CLASSES, checkpoint
+from darklens.checkpoint import list_pretrained, load_checkpoint
+from darklens.cli import main
+from darklens.errors import DarklensError
+from darklens.evaluation import compute_metrics, predict_proba
+
+REPO = Path(__file__).resolve().parents[1]
+MAX_SHIPPED_BYTES = 20 * 1024 * 1024  # issue #5: weights <= 20 MB each
+FRESH_SEED = 424_242  # never a training seed: checked against each model's record below
+FRESH_PER_CLASS = 40  # 120 images: ~15 s of densenet_cbam at 150x150 on 2 CPU cores
+SHIPPED = list_pretrained()
+
+
+def _load_script():
+    path = REPO / "benchmarks" / "package_pretrained.py"
+    spec = importlib.util.spec_from_file_location("package_pretrained", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+# --- every shipped model ----------------------------------------------------------------------
+
+def _shipped_files(name: str) -> tuple[bytes, dict]:
+    folder = checkpoint._pretrained_dir()
+    weights = folder.joinpath(name + ".safetensors").read_bytes()
+    meta = json.loads(folder.joinpath(name + ".json").read_text())
+    return weights, meta
+
+
+def _fresh_test_set(preset: str, per_class: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    from darklens.sim import simulate_batch
+
+    labels = np.tile(np.arange(len(CLASSES)), per_class)
+    images = []
+    for start in range(0, len(labels), 60):  # batches keep the renderer's memory small
+        batch, _, _ = simulate_batch(preset, labels=labels[start:start + 60].tolist(), seed=seed,
+                                     split="test", start_index=start, device="cpu")
+        images.append(batch.numpy())
+    return np.concatenate(images), labels
+
+
+@pytest.mark.parametrize("item", SHIPPED, ids=[p["name"] for p in SHIPPED])
+def test_shipped_weights_are_small_and_match_their_sha256(item):
+    weights, meta = _shipped_files(item["name"])
+    assert len(weights) <= MAX_SHIPPED_BYTES
+    assert meta["sha256"] == meta["weights_sha256"] == _sha256(weights)
+    for key in ("accuracy", "ci95", "auc_macro", "n_per_class", "preset", "dataset_seed"):
+        assert key in meta["metrics"], key
+    for key in ("command", "card", "date", "dataset_seed", "recipe", "epochs"):
+        assert meta["trained"].get(key) is not None, key
+
+
+@pytest.mark.parametrize("item", SHIPPED, ids=[p["name"] for p in SHIPPED])
+def test_shipped_model_reproduces_recorded_accuracy_on_a_fresh_test_set(item):
+    recorded = item["metrics"]
+    assert FRESH_SEED != item["trained"]["dataset_seed"]
+    images, labels = _fresh_test_set(recorded["preset"], FRESH_PER_CLASS, FRESH_SEED)
+    model, meta = load_checkpoint(f"pretrained:{item['name']}", device="cpu")
+    probs = predict_proba(model, meta, images, batch_size=20, device="cpu",
+                          tta=bool(recorded.get("tta")), progress=False)
+    fresh = compute_metrics(labels, probs, n_bootstrap=2000, seed=0)
+    lo, hi = fresh["ci95"]["accuracy"]
+    assert lo <= recorded["accuracy"] <= hi, (
+        f"recorded accuracy {recorded['accuracy']:.4f} outside the fresh 95% interval "
+        f"[{lo:.4f}, {hi:.4f}] (fresh accuracy {fresh['accuracy']:.4f}, n={len(labels)})")
+
+
+# --- the packaging script, on a tiny model ----------------------------------------------------
+
+DATA_SEED = 3
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, one_torch_thread):
+    """A resnet_tiny run (1 epoch on a 32x32 model_a set) and its test-split evaluate report."""
+    from darklens.evaluation import evaluate
+    from darklens.sim import simulate_dataset
+    from darklens.train import train
+
+    root = tmp_path_factory.mktemp("tiny")
+    data = simulate_dataset(root / "data", preset="model_a", n_train=12, n_val=4, n_test=6,
+                            seed=DATA_SEED, device="cpu", overrides={"image_size": "32"},
+                            progress=False)
+    run = train(str(data), model="resnet_tiny", out=root / "run", recipe="fast", epochs=1,
+                batch=12, device="cpu", seed=0)
+    evaluate(run, data, split="test", out=root / "eval", device="cpu")
+    return {"root": root, "data": Path(data), "run": Path(run),
+            "report": root / "eval" / "report.json"}
+
+
+def _package(script, tiny_run, out, **kw):
+    args = dict(report=tiny_run["report"], name="tiny_a", command="darklens train DATA "
+                "--model resnet_tiny --epochs 1", card="CPU (test)", dataset_seed=DATA_SEED,
+                out=out, date="2026-11-27", description="one-epoch test model")
+    return script.package(tiny_run["run"], **{**args, **kw})
+
+
+def test_package_writes_loadable_weights_and_the_recorded_numbers(tiny_run, tmp_path,
+                                                                  monkeypatch, capsys):
+    script = _load_script()
+    weights_path, meta_path = _package(script, tiny_run, tmp_path / "pretrained")
+    weights = weights_path.read_bytes()
+    assert weights == (tiny_run["run"] / "best.safetensors").read_bytes()
+    meta = json.loads(meta_path.read_text())
+    assert meta["sha256"] == meta["weights_sha256"] == _sha256(weights)
+    assert meta["model"] == "resnet_tiny" and meta["description"] == "one-epoch test model"
+    assert meta["preprocessing"]["input_size"] == [32, 32]
+    trained = meta["trained"]
+    assert trained["command"].startswith("darklens train") and trained["card"] == "CPU (test)"
+    assert trained["date"] == "2026-11-27" and trained["dataset_seed"] == DATA_SEED
+    assert (trained["recipe"], trained["epochs"]) == ("fast", 1)
+    assert (trained["n_train"], trained["n_val"]) == (36, 12)
+    assert trained["darklens_version"]
+    m = meta["metrics"]
+    assert (m["split"], m["preset"], m["dataset_seed"]) == ("test", "model_a", DATA_SEED)
+    assert m["n"] == 18 and m["n_per_class"] == {c: 6 for c in CLASSES}
+    assert not list((tmp_path / "pretrained").glob("*.tmp"))
+
+    # pretrained:<name> loads it, and the recorded numbers are the model's own on the test
+    # split, recomputed here with scikit-learn (independent of darklens' metrics code)
+    monkeypatch.setattr(checkpoint, "_pretrained_dir", lambda: tmp_path / "pretrained")
+    model, loaded = load_checkpoint("pretrained:tiny_a")
+    assert loaded["metrics"] == m
+    from darklens.data import open_dataset
+
+    test = open_dataset(tiny_run["data"], progress=False).split("test")
+    with torch.no_grad():
+        probs = predict_proba(model, loaded, test.images, device="cpu", progress=False)
+    y = np.asarray(test.labels)
+    assert m["accuracy"] == pytest.approx(accuracy_score(y, probs.argmax(1)), abs=1e-12)
+    assert m["macro_f1"] == pytest.approx(f1_score(y, probs.argmax(1), average="macro"),
+                                          abs=1e-9)
+    for k, c in enumerate(CLASSES):
+        assert m["auc"][c] == pytest.approx(roc_auc_score(y == k, probs[:, k]), abs=1e-9)
+    assert m["auc_macro"] == pytest.approx(
+        np.mean([roc_auc_score(y == k, probs[:, k]) for k in range(3)]), abs=1e-9)
+    lo, hi = m["ci95"]["accuracy"]
+    assert lo <= m["accuracy"] <= hi
+
+    # darklens models lists it with its recorded test accuracy, interval and macro AUC
+    assert main(["models", "tiny_a"]) == 0
+    out = capsys.readouterr().out
+    line = next(ln for ln in out.splitlines() if ln.startswith("pretrained:tiny_a "))
+    assert "resnet_tiny" in line
+    assert f"{m['accuracy']:.4f} [{lo:.4f}, {hi:.4f}]" in line
+    assert f"{m['auc_macro']:.4f}" in line and "model_a test seed 3" in line
+    assert "one-epoch test model" in out
+
+
+def test_package_refuses_large_weights_and_foreign_reports(tiny_run, tmp_path, monkeypatch):
+    script = _load_script()
+    out = tmp_path / "pretrained"
+    size = (tiny_run["run"] / "best.safetensors").stat().st_size
+    monkeypatch.setattr(script, "MAX_WEIGHTS_BYTES", size - 1)
+    with pytest.raises(DarklensError, match="exceed"):
+        _package(script, tiny_run, out)
+    assert not out.exists()
+    monkeypatch.setattr(script, "MAX_WEIGHTS_BYTES", size)  # at the limit: accepted
+    _package(script, tiny_run, out, name="at_limit")
+
+    report = json.loads(tiny_run["report"].read_text())
+    bad = {
+        "other architecture": {**report, "model_name": "densenet_cbam"},
+        "other run": {**report, "model": "runs/other/best.safetensors"},
+        "validation split": {**report, "split": "val"},
+    }
+    for why, content in bad.items():
+        path = tmp_path / f"{why}.json"
+        path.write_text(json.dumps(content))
+        with pytest.raises(DarklensError) as err:
+            _package(script, tiny_run, out, report=path, name="refused")
+        assert "\n" not in str(err.value), why
+        assert not (out / "refused.json").exists(), why
+    with pytest.raises(DarklensError, match="seed"):
+        _package(script, tiny_run, out, dataset_seed=DATA_SEED + 1, name="refused")
+
+
+def test_package_script_command_line(tiny_run, tmp_path, capsys):
+    script = _load_script()
+    out = tmp_path / "pretrained"
+    argv = [str(tiny_run["run"]), "--report", str(tiny_run["report"]), "--name", "cli_a",
+            "--command", "darklens train ...", "--card", "CPU", "--dataset-seed", "3",
+            "--out", str(out)]
+    assert script.main(argv) == 0
+    assert (out / "cli_a.json").is_file() and (out / "cli_a.safetensors").is_file()
+    assert script.main(argv[:-1] + [str(out), "--date", "27/11/2026"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "YYYY-MM-DD" in err
+
+
+def test_listing_keeps_plain_metrics_of_unpackaged_checkpoints():
+    from darklens.models.listing import format_pretrained
+
+    table = format_pretrained([{"name": "old", "model": "resnet_tiny",
+                                "metrics": {"val_auc_macro": 0.91234}, "description": ""}])
+    assert "pretrained:old" in table and "val_auc_macro=0.9123" in table
+
+
+def test_resources_folder_is_the_package_folder():
+    # pretrained:<name> reads the installed package's folder, where the wheel puts the files
+    folder = checkpoint._pretrained_dir()
+    with importlib.resources.as_file(folder) as path:
+        assert Path(path).name == "pretrained" and Path(path).parent.name == "darklens"
