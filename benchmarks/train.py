@@ -172,8 +172,12 @@ class Slots:
     free: list = field(default_factory=list)
 
     def env(self, ids: list[int]) -> dict:
-        """Environment of a job on slots ``ids``: its GPUs, and its share of the CPU threads."""
-        threads = str(max(1, (os.cpu_count() or 1) * len(ids) // self.n))
+        """Environment of a job on slots ``ids``: its GPUs, and CPU threads per process.
+
+        One process per slot (torchrun runs one per GPU), so each gets cores / slots threads:
+        more would oversubscribe the cores, and OpenMP barriers then stall every step.
+        """
+        threads = str(max(1, (os.cpu_count() or 1) // self.n))
         if self.device == "cpu":
             return {"CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": threads}
         return {"CUDA_VISIBLE_DEVICES": ",".join(map(str, ids)), "OMP_NUM_THREADS": threads}
@@ -336,21 +340,20 @@ def stage_accuracy(a: argparse.Namespace, result: dict) -> None:
 def stage_ddp(a: argparse.Namespace, result: dict) -> None:
     counts = [int(k) for k in a.gpu_counts.split(",")]
     slots = make_slots(a.device, max(counts))
-    base_batch = 64 if a.recipe == "seed" else 256  # the recipes' global batch (train.py)
     result.update(model=a.model, recipe=a.recipe, epochs=a.epochs, slot_device=slots.device,
                   batch_semantics="darklens batch_size is global, split evenly over ranks",
                   scaling={})
     for k in counts:
         run = a.runs / f"ddp{k}"
         run.mkdir(parents=True, exist_ok=True)
-        global_batch = a.per_gpu_batch * k if a.per_gpu_batch else base_batch
         minutes = min(a.job_minutes, remaining_s(a) / 60 - 1.5)
-        entry = {"gpus": k, "global_batch": global_batch, "per_gpu_batch": global_batch / k,
-                 "run": str(run)}
+        entry = {"gpus": k, "run": str(run)}
         if minutes < 0.25:
             entry["status"] = "skipped: --budget-min spent"
         else:
-            extra = ["--epochs", str(a.epochs), "--batch", str(global_batch)]
+            extra = ["--epochs", str(a.epochs)]
+            if a.per_gpu_batch:
+                extra += ["--batch", str(a.per_gpu_batch * k)]
             for item in a.set or []:
                 extra += ["--set", item]
             cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
@@ -360,6 +363,7 @@ def stage_ddp(a: argparse.Namespace, result: dict) -> None:
             tr = run_limited(cmd, env=slots.env(list(range(k))), log=run / "log.txt",
                              limit_s=60 * (minutes + 1))
             rows = read_metrics(run / "metrics.csv")
+            entry.update(run_batch(run))
             entry.update(command=" ".join(["torchrun", *cmd[3:]]), returncode=tr["returncode"],
                          killed=tr["killed"], wall_min=tr["wall_s"] / 60, epochs_done=len(rows))
             if rows:
@@ -381,13 +385,26 @@ def stage_ddp(a: argparse.Namespace, result: dict) -> None:
     print(result["table_md"])
 
 
+def run_batch(run: Path) -> dict:
+    """Global and per-process batch as the run resolved them (recipe, --batch, --set)."""
+    import yaml
+
+    try:
+        config = yaml.safe_load((run / "config.yaml").read_text())
+        world = int(config["world_size"])
+        return {"global_batch": int(config["batch_size"]), "world_size": world,
+                "per_gpu_batch": int(config["batch_size"]) // world}
+    except (OSError, KeyError, TypeError, ValueError, yaml.YAMLError):
+        return {}
+
+
 def ddp_table(result: dict) -> str:
     lines = ["| GPUs | global batch | per-GPU batch | epochs | train img/s (steady) | speed-up | "
              "efficiency | final val acc | status |", "|---|---|---|---|---|---|---|---|---|"]
     for e in result["scaling"].values():
         def f(key, fmt="{:.3f}"):
             return "n/a" if e.get(key) is None else fmt.format(e[key])
-        lines.append(f"| {e['gpus']} | {e['global_batch']} | {e['per_gpu_batch']:g} | "
+        lines.append(f"| {e['gpus']} | {f('global_batch', '{}')} | {f('per_gpu_batch', '{}')} | "
                      f"{e.get('epochs_done', 0)} | {f('images_per_s', '{:,.0f}')} | "
                      f"{f('speedup_vs_first', '{:.2f}x')} | {f('scaling_efficiency', '{:.0%}')} "
                      f"| {f('final_val_accuracy')} | {e['status']} |")
