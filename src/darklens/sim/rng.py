@@ -98,20 +98,31 @@ def uniform_block(keys: tuple[torch.Tensor, torch.Tensor], n_streams: int,
     return _to_unit(h, dtype)
 
 
+def pixel_hash_tables(shape: tuple[int, int], device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The image-independent half of :func:`pixel_normal`'s hash, (1, H, W) each.
+
+    Computed once per shape and reused: it halves the per-image integer work and keeps it out of
+    compiled graphs.
+    """
+    n = shape[0] * shape[1]
+    counter = torch.arange(n, device=device, dtype=torch.int64).view(1, *shape)
+    return mix32(counter * 2 + 0x1B873593), mix32(counter * 2 + 0x1B873594)
+
+
 def pixel_normal(
     keys: tuple[torch.Tensor, torch.Tensor], stream: int, shape: tuple[int, int],
-    dtype=torch.float32,
+    dtype=torch.float32, tables: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Standard normal noise of ``shape`` per image, (B, *shape), by Box-Muller.
 
     Uses only log, sqrt, cos and arithmetic: those ops give the same bits in PyTorch's vectorised
     and scalar CPU paths (atan2/pow/atanh do not), so noise does not depend on batch layout.
+
+    Args:
+        tables: ``pixel_hash_tables(shape)`` when the caller caches them.
     """
     k1, k2 = keys
-    n = shape[0] * shape[1]
-    counter = torch.arange(n, device=k1.device, dtype=torch.int64).view(1, *shape)
+    t1, t2 = tables if tables is not None else pixel_hash_tables(shape, k1.device)
     base = mix32(k1 ^ mix32(k2 + stream * 0x632BE5AB)).view(-1, 1, 1)
-    h1 = mix32(base ^ mix32(counter * 2 + 0x1B873593))
-    h2 = mix32(base ^ mix32(counter * 2 + 0x1B873594))
-    u1, u2 = _to_unit(h1, dtype), _to_unit(h2, dtype)
+    u1, u2 = _to_unit(mix32(base ^ t1), dtype), _to_unit(mix32(base ^ t2), dtype)
     return torch.sqrt(-2.0 * torch.log(u1)) * torch.cos((2.0 * math.pi) * u2)

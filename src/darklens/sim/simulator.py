@@ -20,7 +20,13 @@ from darklens.errors import DarklensError
 from darklens.sim import profiles as P
 from darklens.sim.cosmology import theta_E_squared_per_msun
 from darklens.sim.presets import SimConfig, get_config
-from darklens.sim.rng import SPLITS, image_keys, pixel_normal, uniform_block
+from darklens.sim.rng import (
+    SPLITS,
+    image_keys,
+    pixel_hash_tables,
+    pixel_normal,
+    uniform_block,
+)
 
 Tensor = torch.Tensor
 _NOISE_STREAM = 0x7FFF  # stream id of the pixel noise (parameter draws count up from 1)
@@ -150,13 +156,16 @@ def pixel_grid(config: SimConfig, device, dtype=torch.float32) -> tuple[Tensor, 
 
 
 def deflection(config: SimConfig, x: Tensor, y: Tensor, p: dict[str, Tensor],
-               skip_massless: bool = False):
+               skip_massless: bool = False, stacked: bool = False):
     """Total deflection (B, H, W) of SIE + shear + subhalos + vortex at (x, y).
 
     Args:
         skip_massless: compute subhalos only for images that have them and the vortex only for
             images that have one (eager CPU speed-up). The result is bit-identical to the padded
             path: a massless term adds exactly +0.0, and the summation order is unchanged.
+        stacked: sum the subhalos as one (B, N, H, W) reduction instead of N additions. For
+            ``torch.compile``: one small reduction in the graph instead of N unrolled terms
+            (compile time), never materialised. Eager, it would allocate N images per image.
     """
 
     def c(name: str, rows=None) -> Tensor:  # (B,) -> (B, 1, 1) for broadcasting
@@ -167,7 +176,14 @@ def deflection(config: SimConfig, x: Tensor, y: Tensor, p: dict[str, Tensor],
                               c("lens_center_x"), c("lens_center_y"))
     sx, sy = P.shear_deflection(x, y, c("gamma1"), c("gamma2"))
     ax, ay = ax + sx, ay + sy
-    if config.n_subhalos:
+    if config.n_subhalos and stacked:
+        def col(kind: str) -> Tensor:  # (B, N, 1, 1)
+            return torch.stack([p[f"sub{i}_{kind}"] for i in range(config.n_subhalos)], 1)[
+                :, :, None, None]
+        sx, sy = P.point_mass_deflection(x[:, None], y[:, None], col("theta_E"),
+                                         col("center_x"), col("center_y"))
+        ax, ay = ax + sx.sum(1), ay + sy.sum(1)
+    elif config.n_subhalos:
         rows = torch.nonzero(p["sub_count"] > 0).flatten() if skip_massless else None
         bx, by = (ax, ay) if rows is None else (ax[rows], ay[rows])
         for i in range(config.n_subhalos):  # fixed order: sums are bit-reproducible
@@ -213,7 +229,8 @@ def render_noise_free(config: SimConfig, p: dict[str, Tensor], device) -> Tensor
     def c(name: str) -> Tensor:
         return p[name][:, None, None]
 
-    ax, ay = deflection(config, x, y, p, skip_massless=_eager_cpu(device))
+    compiling = torch.compiler.is_compiling()
+    ax, ay = deflection(config, x, y, p, skip_massless=not compiling, stacked=compiling)
     bx, by = x - ax, y - ay
     image = P.sersic(bx, by, c("source_amp"), c("source_R_sersic"), c("source_n_sersic"),
                      c("source_e1"), c("source_e2"), c("source_center_x"), c("source_center_y"))
@@ -225,8 +242,13 @@ def render_noise_free(config: SimConfig, p: dict[str, Tensor], device) -> Tensor
     return P.convolve_separable(image, taps)
 
 
-def add_noise(config: SimConfig, image: Tensor, exposure: Tensor, keys) -> Tensor:
-    """Poisson (as Gaussian with variance = counts) on signal + sky, plus background noise."""
+def add_noise(config: SimConfig, image: Tensor, exposure: Tensor, keys,
+              tables: tuple[Tensor, Tensor] | None = None) -> Tensor:
+    """Poisson (as Gaussian with variance = counts) on signal + sky, plus background noise.
+
+    Args:
+        tables: cached ``pixel_hash_tables`` for the image shape (GPU / compiled path).
+    """
     if not config.noise:
         return image
     counts_var = (torch.clamp(image, min=0.0) + config.sky) / exposure[:, None, None]
@@ -234,7 +256,7 @@ def add_noise(config: SimConfig, image: Tensor, exposure: Tensor, keys) -> Tenso
     if _eager_cpu(image.device):
         normal = _cpu_normal(keys, tuple(image.shape[-2:]))
     else:  # hashed per pixel: one fused, batch-independent kernel under torch.compile
-        normal = pixel_normal(keys, _NOISE_STREAM, tuple(image.shape[-2:]))
+        normal = pixel_normal(keys, _NOISE_STREAM, tuple(image.shape[-2:]), tables=tables)
     return image + sigma * normal
 
 
@@ -266,17 +288,29 @@ def min_max(image: Tensor) -> Tensor:
     return torch.where(span > 0, (image - lo) / torch.where(span > 0, span, 1.0), 0.0)
 
 
-def _render_tensors(config: SimConfig, k_msun: float, seed: int, split_id, labels: Tensor,
-                    indices: Tensor, device) -> tuple[Tensor, dict[str, Tensor]]:
-    """Pure tensor part of :func:`render` (what ``torch.compile`` fuses into a few kernels)."""
-    keys = image_keys(seed, split_id, labels, indices)
-    params = draw_params(config, keys, labels, k_msun)
+def _render_pixels(config: SimConfig, params: dict[str, Tensor], keys: tuple[Tensor, Tensor],
+                   tables: tuple[Tensor, Tensor] | None, device) -> Tensor:
+    """The per-pixel part of :func:`render` (what ``torch.compile`` fuses into a few kernels).
+
+    Parameter draws stay outside: they are a few hundred ops on (B,) vectors, cheap eagerly but
+    slow to compile.
+    """
     image = render_noise_free(config, params, device)
-    image = add_noise(config, image, params["exposure"], keys)
-    return min_max(image)[:, None], params
+    image = add_noise(config, image, params["exposure"], keys, tables)
+    return min_max(image)[:, None]
 
 
-_COMPILED = {}
+_COMPILED: dict = {}
+_TABLES: dict = {}
+
+
+def _noise_tables(config: SimConfig, device: torch.device):
+    if not config.noise:
+        return None
+    key = (config.image_size, str(device))
+    if key not in _TABLES:
+        _TABLES[key] = pixel_hash_tables((config.image_size, config.image_size), device)
+    return _TABLES[key]
 
 
 def render(config: SimConfig, seed: int, split_id: int | Tensor, labels: Tensor,
@@ -284,7 +318,8 @@ def render(config: SimConfig, seed: int, split_id: int | Tensor, labels: Tensor,
     """Images (B, 1, H, W) and params for explicit per-image (split, label, index).
 
     Args:
-        compiled: run through ``torch.compile`` (one fused program per shape; for CUDA).
+        compiled: run the per-pixel part through ``torch.compile`` (one program per shape;
+            for CUDA).
     """
     device = torch.device(device)
     labels = labels.to(device=device, dtype=torch.int64)
@@ -292,10 +327,13 @@ def render(config: SimConfig, seed: int, split_id: int | Tensor, labels: Tensor,
     if isinstance(split_id, Tensor):
         split_id = split_id.to(device=device, dtype=torch.int64)
     k_msun = theta_E_squared_per_msun(config.z_lens, config.z_source, config.H0, config.Om0)
-    fn = _render_tensors
+    keys = image_keys(int(seed), split_id, labels, indices)
+    params = draw_params(config, keys, labels, k_msun)
+    fn = _render_pixels
     if compiled:
-        fn = _COMPILED.setdefault("render", torch.compile(_render_tensors, dynamic=False))
-    return fn(config, k_msun, int(seed), split_id, labels, indices, device)
+        fn = _COMPILED.setdefault("pixels", torch.compile(_render_pixels, dynamic=False))
+    tables = _noise_tables(config, device) if compiled or device.type != "cpu" else None
+    return fn(config, params, keys, tables, device), params
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
