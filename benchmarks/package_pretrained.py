@@ -89,20 +89,18 @@ def _check_report_matches(report: dict, report_path: Path, meta: dict, run: Path
             raise DarklensError(f"{report_path}: not a darklens evaluate report (no {key!r})")
 
 
-def _dataset_record(report: dict, meta: dict) -> dict:
-    """The simulated dataset's config.yaml (preset, seed) when it can be read here, else {}."""
-    candidates = [report.get("data"), (meta.get("config") or {}).get("data")]
-    for data in candidates:
-        if not data or str(data).startswith("sim:"):
-            continue
-        path = Path(str(data)) / "config.yaml"
-        try:
-            record = yaml.safe_load(path.read_text())
-        except (OSError, yaml.YAMLError):
-            continue
-        if isinstance(record, dict) and "preset" in record:
-            return record
-    return {}
+def _dataset_record(data) -> dict:
+    """A simulated dataset folder's config.yaml (preset, seed) when it can be read here, else {}.
+
+    The report or run may come from another machine, where the data folder stayed.
+    """
+    if not data or str(data).startswith("sim:"):
+        return {}
+    try:
+        record = yaml.safe_load((Path(str(data)) / "config.yaml").read_text())
+    except (OSError, yaml.YAMLError):
+        return {}
+    return record if isinstance(record, dict) and "preset" in record else {}
 
 
 def recorded_metrics(report: dict, *, preset: str, dataset_seed: int) -> dict:
@@ -176,7 +174,8 @@ def package(run: str | Path, *, report: str | Path, name: str, command: str, car
         name: the shipped name (``pretrained:<name>``).
         command: the exact ``darklens train`` command line.
         card: the accelerator it trained on (e.g. ``NVIDIA H100 80GB HBM3``).
-        dataset_seed: ``darklens simulate --seed`` of the train/val/test data.
+        dataset_seed: ``darklens simulate --seed`` of the training data (checked against its
+            config.yaml when readable here); the recorded test seed is the test data's own.
         out: destination folder (normally ``src/darklens/pretrained``).
         date: ``YYYY-MM-DD`` of training (default: today, UTC).
         description: one line shown next to the name.
@@ -206,17 +205,22 @@ def package(run: str | Path, *, report: str | Path, name: str, command: str, car
     report_data = _read_json(report_path, "evaluate report")
     _check_report_matches(report_data, report_path, meta, run)
 
-    record = _dataset_record(report_data, meta)
-    if record and int(record.get("seed", dataset_seed)) != dataset_seed:
-        raise DarklensError(f"--dataset-seed {dataset_seed}: the data's config.yaml says seed "
-                            f"{record['seed']}")
-    preset = preset or record.get("preset")
+    train_data = (meta.get("config") or {}).get("data")
+    train_record = _dataset_record(train_data)
+    test_record = _dataset_record(report_data.get("data"))
+    if train_record and int(train_record.get("seed", dataset_seed)) != dataset_seed:
+        raise DarklensError(f"--dataset-seed {dataset_seed}: the training data's config.yaml "
+                            f"({train_data}) says seed {train_record['seed']}")
+    sim_preset = str(train_data)[4:] if str(train_data).startswith("sim:") else None
+    preset = preset or test_record.get("preset") or train_record.get("preset") or sim_preset
     if not preset:
         raise DarklensError(f"{report_path}: cannot read the data's config.yaml here to learn "
                             "its preset; pass --preset")
+    # the test set's own seed when its config.yaml is readable (it may be a separate set)
+    test_seed = int(test_record.get("seed", dataset_seed))
 
     meta.pop("source", None)
-    meta["metrics"] = recorded_metrics(report_data, preset=preset, dataset_seed=dataset_seed)
+    meta["metrics"] = recorded_metrics(report_data, preset=preset, dataset_seed=test_seed)
     meta["trained"] = _training_record(meta, command=command, card=card, date=date,
                                        dataset_seed=dataset_seed)
     meta["trained"]["packaged_with"] = __version__
@@ -240,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--name", required=True, help="shipped name: pretrained:<name>")
     p.add_argument("--command", required=True, help="the exact darklens train command")
     p.add_argument("--card", required=True, help="accelerator used for training")
-    p.add_argument("--dataset-seed", type=int, required=True, help="darklens simulate --seed")
+    p.add_argument("--dataset-seed", type=int, required=True, help="darklens simulate --seed of the training data")
     p.add_argument("--date", default=None, help="YYYY-MM-DD of training (default today, UTC)")
     p.add_argument("--description", default="", help="one line for darklens models")
     p.add_argument("--preset", default=None, help="data preset (default: the data's config)")

@@ -79,7 +79,7 @@ def test_shipped_weights_are_small_and_match_their_sha256(item):
 @pytest.mark.parametrize("item", SHIPPED, ids=[p["name"] for p in SHIPPED])
 def test_shipped_model_reproduces_recorded_accuracy_on_a_fresh_test_set(item):
     recorded = item["metrics"]
-    assert FRESH_SEED != item["trained"]["dataset_seed"]
+    assert FRESH_SEED not in (item["trained"]["dataset_seed"], recorded["dataset_seed"])
     # TTA costs 8 forward passes an image: fewer images (a wider interval) keep the CPU time
     per_class = FRESH_PER_CLASS // 4 if recorded.get("tta") else FRESH_PER_CLASS
     images, labels = _fresh_test_set(recorded["preset"], per_class, FRESH_SEED)
