@@ -244,7 +244,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--name", required=True, help="shipped name: pretrained:<name>")
     p.add_argument("--command", required=True, help="the exact darklens train command")
     p.add_argument("--card", required=True, help="accelerator used for training")
-    p.add_argument("--dataset-seed", type=int, required=True, help="darklens simulate --seed of the training data")
+    p.add_argument("--dataset-seed", type=int, required=True,
+                   help="darklens simulate --seed of the training data")
     p.add_argument("--date", default=None, help="YYYY-MM-DD of training (default today, UTC)")
     p.add_argument("--description", default="", help="one line for darklens models")
     p.add_argument("--preset", default=None, help="data preset (default: the data's config)")
