@@ -101,11 +101,16 @@ def _kill_group(proc: subprocess.Popen) -> None:
             continue
 
 
+_on_interrupt: list = []  # callbacks that record what in-flight jobs got so far
+
+
 def _on_sigterm(signum, frame):  # the device tool's timeout: leave no orphans behind
     with _lock:
         procs = list(_children)
     for p in procs:
         _kill_group(p)
+    for callback in _on_interrupt:
+        callback()
     raise SystemExit(128 + signum)
 
 
@@ -253,6 +258,9 @@ def accuracy_job(a, slots: Slots, spec, slot: int, result: dict) -> None:
     entry = {"model": name, "recipe": recipe, "epochs_requested": epochs, "slot": slot,
              "run": str(run), "log": str(log)}
     minutes = min(a.job_minutes, (remaining_s(a) - 60 * a.eval_minutes) / 60 - 1)
+    with _lock:
+        result["models"][key] = {**entry, "status": "running"}
+        write_json(a.json, result)
     if minutes < 0.25:
         entry["status"] = "skipped: --budget-min spent"
     else:
@@ -264,13 +272,7 @@ def accuracy_job(a, slots: Slots, spec, slot: int, result: dict) -> None:
         tr = run_limited(cmd, env=env, log=log, limit_s=60 * (minutes + 1))
         entry.update(command=" ".join(["darklens", *cmd[3:]]), train_returncode=tr["returncode"],
                      train_killed=tr["killed"], train_wall_min=tr["wall_s"] / 60)
-        rows = read_metrics(run / "metrics.csv")
-        if rows:
-            best = max(rows, key=lambda r: r["auc_macro"] if r["auc_macro"] == r["auc_macro"]
-                       else -1)
-            entry.update(epochs_done=len(rows), best_epoch=int(best["epoch"]),
-                         val_accuracy=best["accuracy"], val_macro_auc=best["auc_macro"],
-                         train_images_per_s=steady_images_per_s(rows))
+        entry.update(train_summary(run))
         if (run / "best.json").exists():
             entry["params"] = count_params(run)
             ev = run_limited(darklens_cmd("evaluate", str(run), str(a.data), "--split",
@@ -291,6 +293,26 @@ def accuracy_job(a, slots: Slots, spec, slot: int, result: dict) -> None:
         _summarise_accuracy(result)
         write_json(a.json, result)
     print(json.dumps({key: entry}), flush=True)
+
+
+def train_summary(run: Path) -> dict:
+    """Epochs done, the best epoch (by val macro AUC) and steady images/s from metrics.csv."""
+    rows = read_metrics(run / "metrics.csv")
+    if not rows:
+        return {}
+    best = max(rows, key=lambda r: r["auc_macro"] if r["auc_macro"] == r["auc_macro"] else -1)
+    return {"epochs_done": len(rows), "best_epoch": int(best["epoch"]),
+            "val_accuracy": best["accuracy"], "val_macro_auc": best["auc_macro"],
+            "train_images_per_s": steady_images_per_s(rows)}
+
+
+def _record_interrupted(a: argparse.Namespace, result: dict) -> None:
+    """On SIGTERM: keep the training numbers of jobs still running (not evaluated)."""
+    for entry in result["models"].values():
+        if entry.get("status") == "running":
+            entry.update(train_summary(Path(entry["run"])), status="interrupted: not evaluated")
+    result["table_md"] = accuracy_table(result)
+    write_json(a.json, result)
 
 
 def _summarise_accuracy(result: dict) -> None:
@@ -328,6 +350,7 @@ def stage_accuracy(a: argparse.Namespace, result: dict) -> None:
     slots = make_slots(a.device, a.gpus)
     result.update(gpus=a.gpus, slot_device=slots.device, job_minutes=a.job_minutes, models={})
     write_json(a.json, result)
+    _on_interrupt.append(lambda: _record_interrupted(a, result))
     specs = parse_models(a.models, a.fast_epochs)
     run_pool(specs, slots, lambda spec, slot: accuracy_job(a, slots, spec, slot, result))
     result["table_md"] = accuracy_table(result)
