@@ -220,9 +220,11 @@ def package(run: str | Path, *, report: str | Path, name: str, command: str, car
     test_seed = int(test_record.get("seed", dataset_seed))
 
     meta.pop("source", None)
-    meta["metrics"] = recorded_metrics(report_data, preset=preset, dataset_seed=test_seed)
+    # the training record keeps the run's own metrics (the best epoch's validation row) ...
     meta["trained"] = _training_record(meta, command=command, card=card, date=date,
                                        dataset_seed=dataset_seed)
+    # ... before the test-split numbers take their place
+    meta["metrics"] = recorded_metrics(report_data, preset=preset, dataset_seed=test_seed)
     meta["trained"]["packaged_with"] = __version__
     meta["description"] = description
     meta["weights_file"] = name + WEIGHTS_SUFFIX

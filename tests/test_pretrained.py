@@ -146,6 +146,9 @@ def test_package_writes_loadable_weights_and_the_recorded_numbers(tiny_run, tmp_
     assert (trained["recipe"], trained["epochs"]) == ("fast", 1)
     assert (trained["n_train"], trained["n_val"]) == (36, 12)
     assert trained["darklens_version"]
+    run_meta = json.loads((tiny_run["run"] / "best.json").read_text())
+    assert trained["best_epoch_val"] == run_meta["metrics"] and "val_loss" in run_meta["metrics"]
+    assert trained["best_epoch"] == run_meta["epoch"] == 1
     m = meta["metrics"]
     assert (m["split"], m["preset"], m["dataset_seed"]) == ("test", "model_a", DATA_SEED)
     assert m["n"] == 18 and m["n_per_class"] == {c: 6 for c in CLASSES}
