@@ -261,7 +261,25 @@ def main(argv: list[str] | None = None) -> int:
         print(f"package_pretrained: error: {e}", file=sys.stderr)
         return 2
     print(f"wrote {weights} ({weights.stat().st_size / 2**20:.2f} MiB) and {meta}")
+    print("BENCHMARKS.md row:")
+    print(benchmarks_row(a.name, json.loads(meta.read_text())))
     return 0
+
+
+def benchmarks_row(name: str, meta: dict) -> str:
+    """One markdown table row for BENCHMARKS.md: | name | model | test set | accuracy [CI] |
+    macro AUC [CI] | card | date | command |."""
+    m, t = meta["metrics"], meta["trained"]
+
+    def ci(values) -> str:
+        return "n/a" if not values else f"[{values[0]:.4f}, {values[1]:.4f}]"
+
+    auc = "n/a" if m["auc_macro"] is None else f"{m['auc_macro']:.4f}"
+    per_class = "+".join(str(v) for v in m["n_per_class"].values())
+    return (f"| `pretrained:{name}` | `{meta['model']}` | {m['preset']} {m['split']} seed "
+            f"{m['dataset_seed']}, {per_class} | {m['accuracy']:.4f} {ci(m['ci95']['accuracy'])} "
+            f"| {auc} {ci(m['ci95']['auc_macro'])} | {t['card']} | {t['date']} "
+            f"| `{t['command']}` |")
 
 
 if __name__ == "__main__":

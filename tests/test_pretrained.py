@@ -221,6 +221,11 @@ def test_package_script_command_line(tiny_run, tmp_path, capsys):
             "--out", str(out)]
     assert script.main(argv) == 0
     assert (out / "cli_a.json").is_file() and (out / "cli_a.safetensors").is_file()
+    meta = json.loads((out / "cli_a.json").read_text())
+    row = capsys.readouterr().out.strip().splitlines()[-1]
+    assert row.startswith("| `pretrained:cli_a` | `resnet_tiny` | model_a test seed 3, 6+6+6 |")
+    assert f"{meta['metrics']['accuracy']:.4f} [" in row
+    assert row.endswith("| `darklens train ...` |")
     assert script.main(argv[:-1] + [str(out), "--date", "27/11/2026"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "YYYY-MM-DD" in err
