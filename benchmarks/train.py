@@ -115,10 +115,13 @@ def _on_sigterm(signum, frame):  # the device tool's timeout: leave no orphans b
 
 
 def remaining_s(a: argparse.Namespace) -> float:
-    """Seconds left of ``--budget-min`` (infinite without one)."""
-    if not a.budget_min:
-        return float("inf")
-    return a.budget_min * 60 - (time.monotonic() - T0)
+    """Seconds left of ``--budget-min`` and before ``--deadline`` (infinite without either)."""
+    left = float("inf")
+    if a.budget_min:
+        left = a.budget_min * 60 - (time.monotonic() - T0)
+    if a.deadline:
+        left = min(left, a.deadline - time.time())
+    return left
 
 
 def write_json(path: Path, result: dict) -> None:
@@ -261,7 +264,7 @@ def accuracy_job(a, slots: Slots, spec, slot: int, result: dict) -> None:
     with _lock:
         result["models"][key] = {**entry, "status": "running"}
         write_json(a.json, result)
-    if minutes < 0.25:
+    if minutes < min(0.25, a.job_minutes):
         entry["status"] = "skipped: --budget-min spent"
     else:
         extra = ["--epochs", str(epochs)]
@@ -287,6 +290,8 @@ def accuracy_job(a, slots: Slots, spec, slot: int, result: dict) -> None:
                              test_micro_auc=r["auc"]["micro"], eval_split=a.eval_split)
             entry["eval_wall_min"] = ev["wall_s"] / 60
         entry["status"] = "ok" if "test_macro_auc" in entry else "failed: see log"
+        if tr["killed"]:
+            entry["status"] += " (train killed at the wall limit)"
         entry["wall_min"] = entry["train_wall_min"] + entry.get("eval_wall_min", 0.0)
     with _lock:
         result["models"][key] = entry
@@ -371,7 +376,7 @@ def stage_ddp(a: argparse.Namespace, result: dict) -> None:
         run.mkdir(parents=True, exist_ok=True)
         minutes = min(a.job_minutes, remaining_s(a) / 60 - 1.5)
         entry = {"gpus": k, "run": str(run)}
-        if minutes < 0.25:
+        if minutes < min(0.25, a.job_minutes):
             entry["status"] = "skipped: --budget-min spent"
         else:
             extra = ["--epochs", str(a.epochs)]
@@ -571,6 +576,8 @@ def main(argv: list[str] | None = None) -> None:
                    help="wall limit per training job (killed 1 min after)")
     p.add_argument("--budget-min", type=float, default=0.0,
                    help="wall budget of this whole command (0: none); jobs are clipped to it")
+    p.add_argument("--deadline", type=float, default=0.0,
+                   help="unix time by which this command must be done (shared by chained stages)")
     p.add_argument("--eval-minutes", type=float, default=1.0,
                    help="budget reserved for evaluating each job after training")
     p.add_argument("--eval-split", default="test", choices=["test", "val"])
