@@ -54,9 +54,16 @@ def clean_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     safetensors refuses tensors that share storage (tied weights) or are non-contiguous views,
     so every tensor is cloned into its own storage.
     """
-    out: dict[str, torch.Tensor] = {}
-    for key, value in model.state_dict().items():
-        out[_unwrap_key(key)] = value.detach().to("cpu").contiguous().clone()
+    # e2cnn's R2Conv adds its expanded filter as buffers in eval mode only: store the weights of
+    # the train-mode module, which load into a freshly built model whatever its mode.
+    was_training = model.training
+    model.train()
+    try:
+        out: dict[str, torch.Tensor] = {}
+        for key, value in model.state_dict().items():
+            out[_unwrap_key(key)] = value.detach().to("cpu").contiguous().clone()
+    finally:
+        model.train(was_training)
     return out
 
 

@@ -295,7 +295,7 @@ def _train(data: str, *, run: Path, dev: torch.device, dist_info: distributed.Di
                 "config": to_dict(config), "data": str(data), "epoch": epoch,
                 "model": net.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(),
-                "ema": ema.module.state_dict() if ema is not None else {},
+                "ema": ema.state_dict() if ema is not None else {},
                 "ema_updates": ema.updates if ema is not None else 0,
                 "history": history, "best_score": best_score, "elapsed_s": elapsed,
                 "rng": state.rng_state()})

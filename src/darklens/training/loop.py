@@ -36,12 +36,16 @@ class EMA:
     """Exponential moving average of a model's weights; buffers (BN statistics) are copied.
 
     Evaluating the average instead of the last step's weights smooths the end of training.
+
+    The average is kept in train mode between evaluations: e2cnn's R2Conv caches its expanded
+    filter as extra buffers when switched to eval mode (and only then), so an average left in
+    eval mode would both carry buffers the live model lacks and evaluate with a stale filter.
     """
 
     def __init__(self, model: nn.Module, decay: float):
         self.decay = decay
         self.updates = 0
-        self.module = copy.deepcopy(model).eval()
+        self.module = copy.deepcopy(model).train()
         for p in self.module.parameters():
             p.requires_grad_(False)
 
@@ -50,10 +54,20 @@ class EMA:
         # Warm-up (timm's ModelEmaV3): early on the average must not remember random init.
         self.updates += 1
         decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        if not self.module.training:
+            self.module.train()  # drop eval-mode caches (e2cnn filters) of the old weights
         ema_p = list(self.module.parameters())
         torch._foreach_lerp_(ema_p, [p.detach() for p in model.parameters()], 1.0 - decay)
-        for b_ema, b in zip(self.module.buffers(), model.buffers()):
-            b_ema.copy_(b)
+        live = dict(model.named_buffers())
+        for name, b_ema in self.module.named_buffers():
+            if name in live:
+                b_ema.copy_(live[name])
+
+    def state_dict(self) -> dict:
+        """Weights of the average in train mode (no eval-mode caches), loadable anywhere."""
+        if not self.module.training:
+            self.module.train()
+        return self.module.state_dict()
 
 
 def autocast(device: torch.device, amp: str):
