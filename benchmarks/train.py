@@ -2,21 +2,25 @@
 several GPUs at once, DDP scaling, and simulation time. Results go to JSON, rewritten after every
 finished job, so a run killed at its wall limit keeps everything finished before.
 
-GPU run (one call, 4 GPUs, 10-minute limit; ``--budget-min`` keeps each command inside its share,
-killing and evaluating what is still running when the share is spent)::
+GPU run (ONE device call, 4 GPUs, 10-minute limit). ``--deadline`` (unix time) is shared by the
+chained commands: each clips its jobs so that everything, evaluation included, ends before it, and
+every JSON is rewritten after each finished job, so a timeout loses only what was in flight::
 
-    D=/tmp/model_a; R=benchmarks/results
-    python benchmarks/train.py --stage simulate --data $D --train 2000 --val 500 --test 500 \
-        --gpus 4 --json $R/train_simulate.json
-    python benchmarks/train.py --stage accuracy --data $D --gpus 4 --runs /tmp/acc \
-        --models densenet_cbam:30,e2cnn_c8:20,resnet18:20,densenet_cbam:20:seed \
-        --job-minutes 3 --budget-min 4.5 --json $R/train_accuracy.json
-    python benchmarks/train.py --stage ddp --data $D --gpu-counts 1,2,4 --epochs 3 \
-        --model densenet_cbam --runs /tmp/ddp --job-minutes 1 --budget-min 2.5 \
-        --json $R/train_ddp.json
+    END=$(( $(date +%s) + 570 )); D=/tmp/model_a; B="python benchmarks/train.py"
+    $B --stage simulate --data $D --train 2000 --val 500 --test 500 --gpus 4 \
+       --deadline $END --json $OUT/train_simulate.json
+    $B --stage accuracy --data $D --gpus 4 --runs /tmp/acc --job-minutes 3 \
+       --models densenet_cbam:30,e2cnn_c8:20,resnet18:20,densenet_cbam:20:seed \
+       --deadline $((END - 150)) --json $OUT/train_accuracy.json
+    $B --stage ddp --data $D --gpu-counts 1,2,4 --epochs 3 --model densenet_cbam \
+       --runs /tmp/ddp --job-minutes 1 --deadline $END --json $OUT/train_ddp.json
 
-CPU smoke test (what the session ran): the same with ``--device cpu``, ``--sim-set image_size=32``,
-``--models resnet_tiny:1,densenet_cbam_tiny:1`` and ``--gpu-counts 1,2 --model resnet_tiny``.
+Run folders stay in /tmp (resnet18 checkpoints + state are ~130 MB); each holds log.txt,
+metrics.csv and eval_test/report.json. Re-running a command resumes its unfinished runs in
+place (``darklens train --resume``, under the hard kill only: the saved time limit is kept).
+CPU smoke test (what the session ran, 2-core box): the same with ``--device cpu``,
+``--sim-set image_size=32`` at 40/20/20 per class, ``--set batch_size=32``, ``--models
+resnet_tiny:1,densenet_cbam_tiny:1`` and ``--gpu-counts 1,2 --model resnet_tiny --epochs 2``.
 
 Stages (``--stage``):
 
@@ -374,7 +378,7 @@ def stage_ddp(a: argparse.Namespace, result: dict) -> None:
     for k in counts:
         run = a.runs / f"ddp{k}"
         run.mkdir(parents=True, exist_ok=True)
-        minutes = min(a.job_minutes, remaining_s(a) / 60 - 1.5)
+        minutes = min(a.job_minutes, remaining_s(a) / 60 - 1.1)  # killed at minutes + 1
         entry = {"gpus": k, "run": str(run)}
         if minutes < min(0.25, a.job_minutes):
             entry["status"] = "skipped: --budget-min spent"
@@ -430,8 +434,9 @@ def ddp_table(result: dict) -> str:
     lines = ["| GPUs | global batch | per-GPU batch | epochs | train img/s (steady) | speed-up | "
              "efficiency | final val acc | status |", "|---|---|---|---|---|---|---|---|---|"]
     for e in result["scaling"].values():
-        def f(key, fmt="{:.3f}"):
+        def f(key, fmt="{:.3f}", e=e):
             return "n/a" if e.get(key) is None else fmt.format(e[key])
+
         lines.append(f"| {e['gpus']} | {f('global_batch', '{}')} | {f('per_gpu_batch', '{}')} | "
                      f"{e.get('epochs_done', 0)} | {f('images_per_s', '{:,.0f}')} | "
                      f"{f('speedup_vs_first', '{:.2f}x')} | {f('scaling_efficiency', '{:.0%}')} "
