@@ -15,8 +15,8 @@ every JSON is rewritten after each finished job, so a timeout loses only what wa
     $B --stage ddp --data $D --gpu-counts 1,2,4 --epochs 3 --model densenet_cbam \
        --runs /tmp/ddp --job-minutes 1 --deadline $END --json $OUT/train_ddp.json
 
-Run folders stay in /tmp (resnet18 checkpoints + state are ~130 MB); each holds log.txt,
-metrics.csv and eval_test/report.json. Re-running a command resumes its unfinished runs in
+Run folders stay in /tmp (a resnet18 run holds ~300 MB of checkpoints and state); each holds
+log.txt, metrics.csv and eval_test/report.json. Re-running a command resumes its unfinished runs in
 place (``darklens train --resume``, under the hard kill only: the saved time limit is kept).
 CPU smoke test (what the session ran, 2-core box): the same with ``--device cpu``,
 ``--sim-set image_size=32`` at 40/20/20 per class, ``--set batch_size=32``, ``--models
