@@ -356,24 +356,48 @@ def _try_compile(train_net: torch.nn.Module, dev: torch.device, config: TrainCon
                  rank_batch: int, input_size: list[int]) -> torch.nn.Module:
     """torch.compile the training forward, checked on one dummy step; eager if that fails.
 
-    The trial step runs forward and backward without an optimizer step, and BN running
-    statistics are restored afterwards, so it leaves the weights untouched.
+    The trial step runs forward and backward through the compiled and the eager module on the
+    same batch, without an optimizer step (BN running statistics are restored afterwards, so
+    it leaves the weights untouched). A compile error, a non-finite gradient or outputs that
+    disagree with eager mean eager training: on an H200 (torch 2.11, bf16) the compiled
+    densenet_cbam gave non-finite gradients at every step, which a run must not find out by
+    diverging.
     """
     compiled = torch.compile(train_net)
     buffers = {k: v.clone() for k, v in train_net.state_dict().items()}
     x = torch.rand(rank_batch, 1, *input_size, device=dev) - config.subtract
     if config.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
+    params = [p for p in train_net.parameters() if p.requires_grad]
+
+    def forward_backward(module):
+        for p in params:
+            p.grad = None
+        with loop.autocast(dev, config.amp):
+            out = module(x).float()
+        out.sum().backward()
+        grads = [p.grad.detach().clone() if p.grad is not None else None for p in params]
+        train_net.load_state_dict(buffers)  # undo the BN statistics of this batch
+        return out.detach(), grads
+
+    problem = None
     try:
         train_net.train()
-        with loop.autocast(dev, config.amp):
-            compiled(x).float().sum().backward()
+        got, got_grads = forward_backward(compiled)
+        want, _ = forward_backward(train_net)
+        if not torch.isfinite(got).all():
+            problem = "non-finite outputs"
+        elif any(g is not None and not torch.isfinite(g).all() for g in got_grads):
+            problem = "non-finite gradients"
+        elif not torch.allclose(got, want, rtol=0.1, atol=0.1 * float(want.abs().max()) + 1e-3):
+            problem = f"outputs differ from eager by {float((got - want).abs().max()):.3g}"
     except Exception as e:  # compile problems must not cost the run: fall back to eager
-        warnings.warn(f"torch.compile failed ({type(e).__name__}: {e}); training eagerly",
-                      stacklevel=2)
-        compiled = train_net
+        problem = f"{type(e).__name__}: {e}"
     finally:
-        for p in train_net.parameters():
+        for p in params:
             p.grad = None
         train_net.load_state_dict(buffers)
+    if problem is not None:
+        warnings.warn(f"torch.compile rejected ({problem}); training eagerly", stacklevel=2)
+        return train_net
     return compiled
