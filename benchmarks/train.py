@@ -562,6 +562,21 @@ def stage_speed(a: argparse.Namespace, result: dict) -> None:
 
 # --- main ----------------------------------------------------------------------------------
 
+def _data_record(data: Path, fallback: dict) -> dict:
+    """What the data really is (its simulate config.yaml), not what the flags said it would be:
+    an existing folder is reused as it is, whatever --train/--seed say."""
+    try:
+        import yaml
+
+        cfg = yaml.safe_load((data / "config.yaml").read_text())
+        counts = cfg["images_per_class"]
+        return {"path": str(data), "preset": cfg["preset"], "seed": cfg["seed"],
+                "n_train_per_class": counts["train"], "n_val_per_class": counts["val"],
+                "n_test_per_class": counts["test"]}
+    except (OSError, KeyError, TypeError, ValueError):
+        return {**fallback, "note": "no readable simulate config.yaml; values from the flags"}
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description="darklens training benchmarks")
     p.add_argument("--stage", choices=["speed", "accuracy", "ddp", "simulate"], required=True)
@@ -617,6 +632,7 @@ def main(argv: list[str] | None = None) -> None:
     else:
         result["simulate_s"] = simulate(a.data, a.n_train, a.n_val, a.n_test, a.data_seed)
         result["pack_s"] = pack(a.data)
+        result["data"] = _data_record(a.data, result["data"])
         {"speed": stage_speed, "accuracy": stage_accuracy, "ddp": stage_ddp}[a.stage](a, result)
     result["driver_wall_s"] = time.monotonic() - T0
     write_json(a.json, result)
