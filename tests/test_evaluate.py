@@ -254,3 +254,19 @@ def test_cuda_matches_cpu(setup, tmp_path):
                        device=dev) == 0
         probs[dev] = read_csv(tmp_path / f"{dev}.csv")[1]
     assert np.abs(probs["cuda"] - probs["cpu"]).max() < 1e-4
+
+
+def test_ieee_fp32_turns_tf32_off_and_restores_it():
+    from darklens.evaluation.inference import ieee_fp32
+
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    try:
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True
+        with ieee_fp32(torch.device("cuda")):  # only flips flags: runs without a GPU
+            assert not torch.backends.cudnn.allow_tf32
+            assert not torch.backends.cuda.matmul.allow_tf32
+        assert torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32
+        with ieee_fp32(torch.device("cpu")):
+            assert torch.backends.cudnn.allow_tf32  # CPU: nothing to change
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
