@@ -105,6 +105,18 @@ def test_refuses_to_mix_datasets(tmp_path):
                          overrides=SMALL, progress=False)
 
 
+@pytest.mark.parametrize("text,want", [
+    ("1.2", (1.2, 1.2)), ("1.1,1.3", (1.1, 1.3)), ("1.1, 1.3", (1.1, 1.3)),
+    ("[1.1, 1.3]", (1.1, 1.3)),
+])
+def test_range_override_spellings(text, want):
+    from darklens.sim.presets import get_config
+
+    got = get_config("model_a", {"theta_E": text}).theta_E
+    assert tuple(got) == pytest.approx(want)
+    assert get_config("model_a").theta_E == (1.1, 1.3)  # the preset itself is untouched
+
+
 @pytest.mark.parametrize("overrides,match", [
     ({"no_such_key": "1"}, "unknown simulation key"),
     ({"image_size": "big"}, "expected a int"),

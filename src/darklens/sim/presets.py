@@ -118,9 +118,9 @@ def get_config(preset: str | SimConfig, overrides: dict | None = None) -> SimCon
     if "preset" in overrides:
         raise DarklensError("--set preset=...: use --preset to choose a preset")
     ranges = {f.name for f in dataclasses.fields(SimConfig) if isinstance(f.default, tuple)}
-    for key, value in overrides.items():  # a single number fixes a range: theta_E=1.2
+    for key, value in overrides.items():  # theta_E=1.2 fixes a range; 1.1,1.3 is [1.1, 1.3]
         if key in ranges and isinstance(value, str) and not value.strip().startswith("["):
-            overrides[key] = f"[{value}, {value}]"
+            overrides[key] = f"[{value}]" if "," in value else f"[{value}, {value}]"
     config = apply_overrides(config, overrides, what="simulation")
     _validate(config)
     return config
