@@ -81,6 +81,10 @@ def _check_report_matches(report: dict, report_path: Path, meta: dict, run: Path
     if (source.parent.name, source.name) != (run.name, "best" + WEIGHTS_SUFFIX):
         raise DarklensError(f"{report_path}: scores {source}, not {run.name}/best{WEIGHTS_SUFFIX} "
                             "(evaluate the run folder itself)")
+    scored = report.get("weights_sha256")  # reports since session 2 name the exact weights
+    if scored is not None and meta.get("weights_sha256") not in (None, scored):
+        raise DarklensError(f"{report_path}: scores weights with sha256 {scored[:12]}..., not "
+                            f"{run.name}/best{WEIGHTS_SUFFIX} ({meta['weights_sha256'][:12]}...)")
     if report.get("split") != "test":
         raise DarklensError(f"{report_path}: split is {report.get('split')!r}; ship numbers from "
                             "the held-out test split (darklens evaluate --split test)")

@@ -201,7 +201,9 @@ def test_package_refuses_large_weights_and_foreign_reports(tiny_run, tmp_path, m
         "other architecture": {**report, "model_name": "densenet_cbam"},
         "other run": {**report, "model": "runs/other/best.safetensors"},
         "validation split": {**report, "split": "val"},
+        "other weights": {**report, "weights_sha256": "0" * 64},
     }
+    assert report["weights_sha256"]  # evaluate names the weights it scored
     for why, content in bad.items():
         path = tmp_path / f"{why}.json"
         path.write_text(json.dumps(content))

@@ -156,6 +156,7 @@ def evaluate(
         "split": split,
         "tta": bool(tta),
         "model_name": meta.get("model"),
+        "weights_sha256": meta.get("weights_sha256"),  # ties the numbers to exact weights
     })
     report = json_safe(report)
 
