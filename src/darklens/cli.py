@@ -178,10 +178,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_models)
 
     p = sub.add_parser("demo", help="simulate, train, evaluate: the whole job on a small CPU")
-    p.add_argument("--out", default="runs/demo")
+    p.add_argument("--out", default="runs/demo",
+                   help="folder for the demo's data, run and reports (default: runs/demo); a "
+                        "rerun replaces only the sub-folders an earlier demo made there")
     _add_device(p)
     p.set_defaults(func=_cmd_demo)
     return parser
+
+
+def _os_error_line(e: OSError) -> str:
+    """``<path>: <strerror>`` when the error names a path, else its text, one line."""
+    reason = (e.strerror or str(e) or type(e).__name__).splitlines()[0]
+    if e.filename is None:
+        return reason
+    target = f"{e.filename} -> {e.filename2}" if e.filename2 is not None else str(e.filename)
+    return f"{target}: {reason}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -190,6 +201,11 @@ def main(argv: list[str] | None = None) -> int:
         code = args.func(args)
     except DarklensError as e:
         print(f"darklens: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        # last line of defence (disk full, permissions, a path that turned into a folder):
+        # the stages check their paths up front, but the file system can still say no
+        print(f"darklens: error: {_os_error_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("darklens: interrupted", file=sys.stderr)

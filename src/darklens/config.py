@@ -52,10 +52,19 @@ def coerce(value: Any, like: Any, key: str) -> Any:
         if like is None:
             return yaml.safe_load(value)
         return value
-    except ValueError:
-        raise DarklensError(
-            f"--set {key}={value}: expected a {type(like).__name__} (default {like!r})"
-        ) from None
+    except (ValueError, yaml.YAMLError):
+        # a malformed YAML list ("[0.1,") is as much a wrong value as "abc" for an int
+        raise DarklensError(f"--set {key}={value}: expected {_a_type(like)}") from None
+
+
+def _a_type(like: Any) -> str:
+    """``"an int (default 3)"``: the type of ``like`` with its article, for error messages."""
+    if like is None:
+        return "a YAML value"
+    # tuples hold ranges like (0.01, 0.03); on the command line they are YAML lists
+    name = "list" if isinstance(like, (list, tuple)) else type(like).__name__
+    article = "an" if name[0] in "aeiou" else "a"
+    return f"{article} {name} (default {like!r})"
 
 
 def _field_type_hint(cls: type, name: str) -> Any:
@@ -125,6 +134,52 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _nearest_existing(path: Path) -> Path:
+    """``path`` or its closest ancestor that exists (what a later ``mkdir -p`` builds on)."""
+    for candidate in (path, *path.parents):
+        if candidate.exists():
+            return candidate
+    return Path(".")
+
+
+def check_output_file(path: str | Path) -> Path:
+    """Refuse an output file path that cannot be written, before any work is done.
+
+    Raises :class:`DarklensError` naming the path when it is a folder, or when the folder it
+    would go in is a file or is not writable; missing parent folders are fine (they are made).
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise DarklensError(f"{path}: is a folder; give a file path to write")
+    _check_parent(path)
+    return path
+
+
+def check_output_dir(path: str | Path) -> Path:
+    """Refuse an output folder path that cannot be created or written, before any work is done.
+
+    Raises :class:`DarklensError` naming the path when it exists but is not a folder, or when it
+    cannot be made (an ancestor is a file, or is not writable).
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise DarklensError(f"{path}: exists and is not a folder; give a folder path to write")
+    if path.is_dir():
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise DarklensError(f"{path}: folder is not writable")
+        return path
+    _check_parent(path)
+    return path
+
+
+def _check_parent(path: Path) -> None:
+    base = _nearest_existing(path.parent)
+    if not base.is_dir():
+        raise DarklensError(f"{path}: cannot write there, {base} is a file, not a folder")
+    if not os.access(base, os.W_OK | os.X_OK):
+        raise DarklensError(f"{path}: cannot write there, folder {base} is not writable")
 
 
 def save_yaml(path: str | Path, data: Any) -> None:

@@ -75,6 +75,10 @@ def to_image(arr: np.ndarray, name: str) -> tuple[np.ndarray, dict[str, Any]]:
         arr, meta = _unpack_object_array(arr, name)
     meta["source_dtype"] = str(arr.dtype)
     arr = np.asarray(arr)
+    # before any reshaping: a flat array of strings would otherwise fail inside the label's
+    # float() with a bare ValueError instead of this file's one-line error
+    if arr.dtype.kind not in "fiub":
+        raise DarklensError(f"{name}: unsupported dtype {arr.dtype} for an image")
     if arr.ndim == 3 and arr.shape[0] == 1:
         arr = arr[0]
     elif arr.ndim == 3 and arr.shape[-1] == 1:
@@ -85,8 +89,6 @@ def to_image(arr: np.ndarray, name: str) -> tuple[np.ndarray, dict[str, Any]]:
             meta["embedded_label"] = label
     if arr.ndim != 2 or arr.shape[0] < 2 or arr.shape[1] < 2:
         raise DarklensError(f"{name}: unsupported array shape {tuple(arr.shape)} for an image")
-    if arr.dtype.kind not in "fiub":
-        raise DarklensError(f"{name}: unsupported dtype {arr.dtype} for an image")
     # uint8 images are 0..255 counts; bring them to the [0, 1] range the float files use.
     image = arr.astype(np.float32) / 255.0 if arr.dtype == np.uint8 else arr.astype(np.float32)
     return np.ascontiguousarray(image), meta

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from darklens.config import check_output_file
 from darklens.errors import DarklensError
 
 OPSET = 17
@@ -62,11 +63,11 @@ def export_onnx(model: str | Path, onnx_path: str | Path) -> Path:
 
     from darklens.checkpoint import load_checkpoint
 
+    onnx_path = check_output_file(onnx_path)  # before loading and tracing the model
     net, meta = load_checkpoint(model, device="cpu")
     wrapped = _Softmaxed(_plain(net)).eval()
     chans, h, w = input_shape(meta)
     example = torch.zeros(2, chans, h, w)
-    onnx_path = Path(onnx_path)
     onnx_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = onnx_path.with_name(f".{onnx_path.name}.{os.getpid()}.tmp")
     try:

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from darklens.config import atomic_write_text
+from darklens.config import atomic_write_text, check_output_file
 from darklens.errors import DarklensError
 from darklens.evaluation.inference import enable_cudnn_autotune, predict_proba, resolve_device
 from darklens.evaluation.report import predictions_csv
@@ -155,6 +155,8 @@ def predict(
     """
     from darklens.checkpoint import load_checkpoint
 
+    # before the model and the images: a bad --out must not cost a whole inference run
+    out = check_output_file(out)
     torch_device = resolve_device(device)
     enable_cudnn_autotune(torch_device)
     net, meta = load_checkpoint(model, device=torch_device)

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from darklens import CLASSES
-from darklens.config import atomic_write_text
+from darklens.config import atomic_write_text, check_output_dir
 from darklens.errors import DarklensError
 from darklens.evaluation.inference import enable_cudnn_autotune, predict_proba, resolve_device
 from darklens.evaluation.metrics import compute_metrics, json_safe
@@ -138,6 +138,8 @@ def evaluate(
     from darklens.data import open_dataset
     from darklens.evaluation import plots
 
+    # before the model and the data: a bad --out must not cost a whole inference run
+    out = check_output_dir(out)
     torch_device = resolve_device(device)
     enable_cudnn_autotune(torch_device)
     net, meta = load_checkpoint(model, device=torch_device)
@@ -160,8 +162,10 @@ def evaluate(
     })
     report = json_safe(report)
 
-    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    # report.json marks a complete folder: an old one must not sit beside half-written new files
+    # if this run fails part way (it is written again last)
+    (out / "report.json").unlink(missing_ok=True)
     plots.plot_roc(labels, probs, report, out / "roc.png")
     plots.plot_confusion(report["confusion_matrix"], out / "confusion.png")
     plots.plot_calibration(labels, probs, report["ece"], out / "calibration.png")

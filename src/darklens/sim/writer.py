@@ -24,7 +24,7 @@ import yaml
 from tqdm.auto import tqdm
 
 from darklens import CLASSES, __version__
-from darklens.config import atomic_write_text, to_dict
+from darklens.config import atomic_write_text, check_output_dir, to_dict
 from darklens.errors import DarklensError
 from darklens.sim.presets import get_config
 from darklens.sim.rng import SPLITS
@@ -47,6 +47,7 @@ def _job_list(counts: dict[str, int]) -> tuple[np.ndarray, np.ndarray, np.ndarra
 
 def _check_out(out: Path, config_text: str) -> None:
     """Refuse to mix datasets: OUT must be new/empty or hold a dataset with the same config."""
+    check_output_dir(out)  # a file, or a path below a file, is one line naming it
     cfg = out / "config.yaml"
     if cfg.exists():
         if cfg.read_text() != config_text:
