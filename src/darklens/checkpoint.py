@@ -18,6 +18,7 @@ import importlib.resources
 import json
 import os
 import tempfile
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -308,6 +309,8 @@ def preprocess(images: np.ndarray | torch.Tensor, meta: dict) -> torch.Tensor:
       2. ``"input_size": [h, w]``: an image at least that large in both axes is center-cropped
          (the pixel scale in arcsec/px, which the physics depends on, is kept); any other size
          is resized bilinearly (``align_corners=False``), the only option when it is smaller.
+         Upscaling by more than 10% warns (``UserWarning``): the model then sees another pixel
+         scale than it was trained on, and its probabilities are not to be trusted.
       3. ``"subtract": s`` (scalar or per-channel list): ``x - s`` (the notebook used 0.5).
       4. ``"divide": d`` (optional, scalar or per-channel list): ``x / d``.
 
@@ -343,6 +346,7 @@ def preprocess(images: np.ndarray | torch.Tensor, meta: dict) -> torch.Tensor:
                 top, left = (height - h) // 2, (width - w) // 2
                 x = x[..., top : top + h, left : left + w]
             else:
+                _warn_if_upscaled((height, width), (h, w))
                 x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False)
 
     def per_channel(value: Any) -> torch.Tensor:
@@ -353,3 +357,23 @@ def preprocess(images: np.ndarray | torch.Tensor, meta: dict) -> torch.Tensor:
     if prep.get("divide") is not None:
         x = x / per_channel(prep["divide"])
     return x.contiguous()
+
+
+#: upscaling beyond this factor warns: the model sees a pixel scale it was not trained on
+UPSCALE_WARN_FACTOR = 1.1
+
+
+def _warn_if_upscaled(size: tuple[int, int], input_size: tuple[int, int]) -> None:
+    """Warn when ``size`` must be stretched by more than 10% to reach the model's input size.
+
+    A model trained on 150x150 images at 0.05"/px and fed 32x32 images stretched to 150x150 sees
+    arcs ~5x wider than any it was trained on and still answers with confidence. One warning per
+    call; Python's default filter then shows an identical message (same sizes) only once.
+    """
+    factor = max(input_size[0] / size[0], input_size[1] / size[1])
+    if factor > UPSCALE_WARN_FACTOR:
+        warnings.warn(
+            f"images of {size[0]}x{size[1]} px are upscaled {factor:.2g}x to the model's input "
+            f"size {input_size[0]}x{input_size[1]}: the pixel scale (arcsec/px) changes, so the "
+            "predictions are unreliable; use images of the size the model was trained on",
+            UserWarning, stacklevel=3)

@@ -16,6 +16,8 @@ import time
 from pathlib import Path
 
 from darklens import CLASSES
+from darklens.config import atomic_write_text
+from darklens.errors import DarklensError
 
 #: the demo's dataset: model_a physics on a 64x64 crop of the 150x150 field, with the substructure
 #: mass raised from the preset's 1-3% to 15-25% of the Einstein mass so that a small CPU model
@@ -36,11 +38,63 @@ def _say(text: str) -> None:
     print(f"[demo] {text}", flush=True)
 
 
-def _fresh(path: Path) -> Path:
-    """The demo owns its sub-folders: a rerun starts them over."""
-    if path.exists():
-        shutil.rmtree(path)
-    return path
+#: marker file: inside each folder the demo finished, and in OUT for folders it is still making
+MARKER_NAME = ".darklens-demo"
+DEMO_FOLDERS = ("data", "run", "pretrained-test")
+
+
+def _pending(out: Path) -> set[str]:
+    """Folders of ``out`` the demo created but has not marked yet (an interrupted stage)."""
+    try:
+        record = json.loads((out / MARKER_NAME).read_text())
+        return {str(name) for name in record["pending"]}
+    except (OSError, ValueError, KeyError, TypeError):
+        return set()
+
+
+def _write_pending(out: Path, names: set[str]) -> None:
+    atomic_write_text(out / MARKER_NAME, json.dumps({"pending": sorted(names)}) + "\n")
+
+
+def claim_folders(out: Path, names: list[str] | tuple[str, ...]) -> dict[str, Path]:
+    """Give the demo empty folders ``out/<name>``, deleting only ones an earlier demo made.
+
+    A folder is the demo's when it holds the marker file (written by :func:`mark_folder` once
+    its stage finished), or when ``out``'s own marker lists it as pending: created by a demo
+    that was interrupted before it could mark it (a marker cannot go in first:
+    ``simulate_dataset`` refuses a non-empty folder). Every name is checked before anything is
+    deleted, so a refusal leaves ``out`` as it was.
+
+    Raises:
+        DarklensError: ``out/<name>`` exists and was not made by the demo.
+    """
+    out = Path(out)
+    pending = _pending(out)
+    for name in names:
+        path = out / name
+        ours = name in pending or (path / MARKER_NAME).is_file()
+        if (path.exists() or path.is_symlink()) and not ours:
+            raise DarklensError(f"{path} exists and was not made by darklens demo; "
+                                "choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    _write_pending(out, pending | set(names))  # before creating: an interruption stays known
+    folders = {}
+    for name in names:
+        path = out / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
+            path.unlink()  # a file or link of that name: remove the link, never its target
+        path.mkdir()
+        folders[name] = path
+    return folders
+
+
+def mark_folder(path: Path) -> None:
+    """Mark a finished demo folder as the demo's own, and drop it from ``out``'s pending list."""
+    (path / MARKER_NAME).write_text("made by darklens demo; a rerun replaces this folder\n")
+    out = path.parent
+    _write_pending(out, _pending(out) - {path.name})
 
 
 def run_demo(out: str | Path = "runs/demo", device: str = "auto") -> dict:
@@ -51,32 +105,36 @@ def run_demo(out: str | Path = "runs/demo", device: str = "auto") -> dict:
     from darklens.train import train
 
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
+    shipped = list_pretrained()
+    # Claim every folder up front: a foreign folder stops the demo before minutes of work.
+    folders = claim_folders(out, DEMO_FOLDERS if shipped else DEMO_FOLDERS[:2])
 
-    data = _fresh(out / "data")
+    data = folders["data"]
     _say(f"1/4 simulating model_a ({DEMO_SIM['image_size']}x{DEMO_SIM['image_size']} crop, "
          f"{DEMO_COUNTS['n_train']}/{DEMO_COUNTS['n_val']}/{DEMO_COUNTS['n_test']} "
          f"train/val/test per class) -> {data}")
     simulate_dataset(data, preset="model_a", seed=DEMO_SEED, device=device,
                      overrides=dict(DEMO_SIM), **DEMO_COUNTS)
+    mark_folder(data)
 
-    run = _fresh(out / "run")
+    run = folders["run"]
     _say(f"2/4 training {DEMO_MODEL} for {DEMO_TRAIN['epochs']} epochs -> {run}")
     train(str(data), model=DEMO_MODEL, out=run, recipe="fast", epochs=DEMO_TRAIN["epochs"],
           batch=DEMO_TRAIN["batch"], device=device, seed=0)
+    mark_folder(run)
 
     _say(f"3/4 evaluating on the test split -> {out}")
     demo_report = evaluate(run, data, split="test", out=out, device=device)
 
     results = {"demo": demo_report, "pretrained": {}}
-    shipped = list_pretrained()
     if shipped:
-        test_data = _fresh(out / "pretrained-test")
+        test_data = folders["pretrained-test"]
         _say(f"4/4 scoring {len(shipped)} shipped pretrained model(s) on a fresh model_a test "
              f"set ({PRETRAINED_TEST['n_test']} per class, seed {PRETRAINED_TEST_SEED})")
         simulate_dataset(test_data, preset="model_a", seed=PRETRAINED_TEST_SEED, device=device,
                          **PRETRAINED_TEST)
+        mark_folder(test_data)
         for item in shipped:
             name = item["name"]
             results["pretrained"][name] = evaluate(
