@@ -60,7 +60,7 @@ class TrainConfig:
     time_limit_min: float = 0.0  # stop after the epoch that passes this budget (0: none)
     sim_steps_per_epoch: int = 200  # sim:PRESET only
     sim_val_per_class: int = 500
-    sim_set: list = field(default_factory=list)  # simulator overrides, e.g. [npix=64]
+    sim_set: list = field(default_factory=list)  # simulator overrides, e.g. [image_size=64]
     seed: int = 0
 
 
@@ -87,6 +87,58 @@ def build_config(*, recipe: str, model: str, epochs: int | None, batch: int | No
     return config
 
 
+def _check_model_name(name: str) -> None:
+    """Refuse an unknown model before any data is read or any folder is made."""
+    from darklens.models import create_model, is_model
+
+    if not is_model(name):
+        create_model(name)  # raises the registry's one-line error, with close matches
+        raise DarklensError(f"unknown model {name!r} (see `darklens models`)")
+
+
+#: ``train()`` arguments that always arrive (the CLI passes its defaults): on ``--resume`` a value
+#: other than this default counts as given explicitly and must match the saved run
+_ALWAYS_PASSED = {"model": "densenet_cbam", "recipe": "fast", "seed": 0}
+
+
+def resume_conflicts(saved: TrainConfig, saved_data: str, *, data: str, recipe: str,
+                     model: str, epochs: int | None, batch: int | None, lr: float | None,
+                     seed: int, overrides: dict[str, Any] | None) -> list[str]:
+    """The explicitly given settings that differ from the saved run, as ``"key old -> new"``.
+
+    ``--resume`` continues the saved run exactly; it never changes it. In particular a larger
+    ``--epochs`` is refused rather than "extending" the run: the cosine schedule's length is
+    ``epochs * steps``, so a longer one would lift the LR at the resumed step from near zero back
+    up (a warm restart), and the result would match neither the saved run nor a fresh run of
+    that length. Settings left out (None, or a CLI default in ``_ALWAYS_PASSED``) are taken from
+    the saved run.
+    """
+    given: dict[str, Any] = {"epochs": epochs, "batch_size": batch, "lr": lr}
+    given = {k: v for k, v in given.items() if v is not None}
+    for key, value in {"model": model, "recipe": recipe, "seed": seed}.items():
+        if value != _ALWAYS_PASSED[key]:
+            given[key] = value
+    requested = apply_overrides(dataclasses.replace(saved, **given), overrides or {},
+                                what="train config")  # unknown keys / bad types: one line
+    keys = [*given, *(k.split(".")[0] for k in (overrides or {}))]
+    changes = []
+    for key in dict.fromkeys(keys):
+        old, new = getattr(saved, key), getattr(requested, key)
+        if old != new:
+            changes.append(f"{key} {old} -> {new}")
+    if not _same_data(saved_data, data):
+        changes.append(f"data {saved_data} -> {data}")
+    return changes
+
+
+def _same_data(a: str, b: str) -> bool:
+    if a == b:
+        return True
+    if tdata.sim_preset(a) is not None or tdata.sim_preset(b) is not None:
+        return False
+    return Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
+
+
 def _validate(c: TrainConfig) -> None:
     if c.epochs < 1 or c.batch_size < 1 or c.lr <= 0:
         raise DarklensError("epochs, batch and lr must be positive")
@@ -97,6 +149,7 @@ def _validate(c: TrainConfig) -> None:
     if c.compile not in ("auto", "on", "off"):
         raise DarklensError(f"compile={c.compile!r}: expected auto, on or off")
     _model_kwargs(c)
+    _check_model_name(c.model)
 
 
 def _model_kwargs(c: TrainConfig) -> dict:
@@ -160,10 +213,20 @@ def _train(data: str, *, run: Path, dev: torch.device, dist_info: distributed.Di
     from darklens.models import create_model
 
     saved = None
+    show = dist_info.is_main
     if resume:
         saved = state.load_state(run)
         config = apply_overrides(TrainConfig(), saved["config"], what="saved config")
+        changes = resume_conflicts(config, saved["data"], data=data, **config_args)
+        if changes:
+            raise DarklensError(
+                f"{run}: --resume continues the saved run unchanged, but these settings differ: "
+                f"{'; '.join(changes)}; leave them out to resume, or start a new --out")
         data = saved["data"]
+        if int(saved["epoch"]) + 1 >= config.epochs:
+            if show:
+                print(f"{run}: already finished all {config.epochs} epochs; nothing to train")
+            return run
     else:
         config = build_config(**config_args)
         if (run / state.STATE_NAME).exists():
@@ -172,8 +235,6 @@ def _train(data: str, *, run: Path, dev: torch.device, dist_info: distributed.Di
     if config.batch_size % world:
         raise DarklensError(f"batch {config.batch_size} does not split over {world} processes")
     rank_batch = config.batch_size // world
-    show = dist_info.is_main
-    run.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.seed)
     np.random.seed(config.seed)
 
@@ -190,7 +251,7 @@ def _train(data: str, *, run: Path, dev: torch.device, dist_info: distributed.Di
     else:
         train_split, val, data_info = tdata.load_array_splits(
             str(data), seed=config.seed, val_fraction=config.val_fraction, device=dev,
-            allow_pickle=allow_pickle, out=run, progress=show)
+            allow_pickle=allow_pickle, progress=show)
         n_steps = tdata.steps_per_epoch(len(train_split), rank_batch, world)
         if n_steps == 0:
             raise DarklensError(f"{data}: {len(train_split)} training images are fewer than "
@@ -236,8 +297,13 @@ def _train(data: str, *, run: Path, dev: torch.device, dist_info: distributed.Di
 
     resolved = {**to_dict(config), "data": str(data), "world_size": world, "device": str(dev),
                 "data_info": data_info}
+    # Training starts: only now does the run folder appear (a refused run leaves nothing).
+    run.mkdir(parents=True, exist_ok=True)
     if dist_info.is_main:
         save_yaml(run / "config.yaml", resolved)
+        if data_info.get("stratified_val"):
+            tdata.write_val_split(run, seed=config.seed, fraction=config.val_fraction,
+                                  val_paths=val.paths)
     preprocessing = {"subtract": config.subtract, "input_size": input_size}
 
     # --- epochs -----------------------------------------------------------------------------

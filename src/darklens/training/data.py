@@ -16,6 +16,8 @@ import numpy as np
 import torch
 
 from darklens import CLASSES
+from darklens.config import atomic_write_text
+from darklens.data.layout import ALL_SPLIT
 from darklens.errors import DarklensError
 
 SIM_PREFIX = "sim:"
@@ -103,34 +105,53 @@ def check_leakage(train_sha: list[str], train_paths: list[str], val_sha: list[st
         )
 
 
+def training_split_name(splits: list[str], data: str) -> str:
+    """The split to train on: ``train``, or ``all`` for unsplit class folders; never val/test.
+
+    Raises:
+        DarklensError: split folders exist but none is called ``train``.
+    """
+    if "train" in splits:
+        return "train"
+    if splits == [ALL_SPLIT]:
+        return ALL_SPLIT
+    raise DarklensError(f"{data}: no 'train' split (found: {', '.join(splits) or 'none'}); "
+                        "training never uses val or test images: add a train/ folder")
+
+
+def write_val_split(out: Path, *, seed: int, fraction: float, val_paths: list[str]) -> None:
+    """``out/val_split.json``: which images a stratified split held out for validation."""
+    atomic_write_text(out / "val_split.json", json.dumps(
+        {"seed": seed, "fraction": fraction, "val_paths": list(val_paths)}, indent=1))
+
+
 def load_array_splits(data: str, *, seed: int, val_fraction: float, device: torch.device,
-                      allow_pickle: bool, out: Path, progress: bool) -> tuple[ArraySplit,
-                                                                              ArraySplit, dict]:
+                      allow_pickle: bool, progress: bool) -> tuple[ArraySplit, ArraySplit,
+                                                                   dict]:
     """Open a dataset, choose train/val, check leakage, and put both splits on ``device``.
+
+    Trains on ``train`` (or ``all``, unsplit class folders), validates on ``val`` when there is
+    one, else on a stratified ``val_fraction`` of the training split (``info["stratified_val"]``).
 
     Returns (train, val, info) where ``info`` records how validation was chosen.
     """
     from darklens.data import open_dataset
 
     ds = open_dataset(data, allow_pickle=allow_pickle, progress=progress)
-    if "val" in ds.splits:
-        train_name = "train" if "train" in ds.splits else ds.splits[0]
+    train_name = training_split_name(ds.splits, data)
+    if "val" in ds.splits and train_name == "train":
         tr, va = ds.split(train_name), ds.split("val")
         tr_idx, va_idx = np.arange(len(tr.labels)), np.arange(len(va.labels))
         info = {"val_source": "val split", "train_split": train_name}
     else:
-        train_name = "train" if "train" in ds.splits else ds.splits[0]
         tr = va = ds.split(train_name)
         labels = np.asarray(tr.labels)
         va_idx = stratified_val_indices(labels, val_fraction, seed)
         tr_idx = np.setdiff1d(np.arange(len(labels)), va_idx)
+        # The caller records exactly which images validate (write_val_split) once training
+        # starts, so evaluation can exclude them later; a refused run leaves no file behind.
         info = {"val_source": f"stratified {val_fraction:g} of {train_name!r}, seed {seed}",
-                "train_split": train_name}
-        # Record exactly which images validate, so evaluation can exclude them later.
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "val_split.json").write_text(
-            json.dumps({"seed": seed, "fraction": val_fraction,
-                        "val_paths": [tr.paths[i] for i in va_idx]}, indent=1))
+                "train_split": train_name, "stratified_val": True}
     tr_paths = [tr.paths[i] for i in tr_idx]
     va_paths = [va.paths[i] for i in va_idx]
     check_leakage([tr.sha256[i] for i in tr_idx], tr_paths,
