@@ -119,7 +119,7 @@ def test_range_override_spellings(text, want):
 
 @pytest.mark.parametrize("overrides,match", [
     ({"no_such_key": "1"}, "unknown simulation key"),
-    ({"image_size": "big"}, "expected a int"),
+    ({"image_size": "big"}, "expected an int"),
     ({"theta_E": "[2, 1]"}, "lo > hi"),
     ({"vort_model": "spiral"}, "expected one of"),
 ])
