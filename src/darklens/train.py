@@ -225,12 +225,14 @@ def _train(data: str, *, run: Path, dev: torch.device, dist_info: distributed.Di
         data = saved["data"]
         if int(saved["epoch"]) + 1 >= config.epochs:
             if show:
-                print(f"{run}: already finished all {config.epochs} epochs; nothing to train")
+                print(f"{run}: already finished (epoch {config.epochs} of {config.epochs}); "
+                      "nothing to train")
             return run
     else:
         config = build_config(**config_args)
         if (run / state.STATE_NAME).exists():
-            raise DarklensError(f"{run}: already holds a run; pass --resume or choose another --out")
+            raise DarklensError(
+                f"{run}: already holds a run; pass --resume or choose another --out")
     world = dist_info.world_size
     if config.batch_size % world:
         raise DarklensError(f"batch {config.batch_size} does not split over {world} processes")
