@@ -25,3 +25,15 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def tiny_demo(monkeypatch):
+    """``darklens demo`` shrunk to seconds: 32 px, a dozen images, one epoch of a tiny model."""
+    import darklens.demo as demo
+
+    monkeypatch.setattr(demo, "DEMO_SIM", {**demo.DEMO_SIM, "image_size": "32"})
+    monkeypatch.setattr(demo, "DEMO_COUNTS", {"n_train": 12, "n_val": 4, "n_test": 6})
+    monkeypatch.setattr(demo, "DEMO_MODEL", "densenet_cbam_tiny")
+    monkeypatch.setattr(demo, "DEMO_TRAIN", {"epochs": 1, "batch": 12})
+    monkeypatch.setattr(demo, "PRETRAINED_TEST", {"n_train": 0, "n_val": 0, "n_test": 2})

@@ -8,15 +8,6 @@ import darklens.demo as demo
 from darklens.cli import main
 
 
-@pytest.fixture
-def tiny_demo(monkeypatch):
-    monkeypatch.setattr(demo, "DEMO_SIM", {**demo.DEMO_SIM, "image_size": "32"})
-    monkeypatch.setattr(demo, "DEMO_COUNTS", {"n_train": 12, "n_val": 4, "n_test": 6})
-    monkeypatch.setattr(demo, "DEMO_MODEL", "densenet_cbam_tiny")
-    monkeypatch.setattr(demo, "DEMO_TRAIN", {"epochs": 1, "batch": 12})
-    monkeypatch.setattr(demo, "PRETRAINED_TEST", {"n_train": 0, "n_val": 0, "n_test": 2})
-
-
 def test_demo_writes_reports_and_prints_where(tmp_path, capsys, tiny_demo):
     assert main(["demo", "--out", str(tmp_path / "demo"), "--device", "cpu"]) == 0
     out = capsys.readouterr().out.strip().splitlines()

@@ -32,15 +32,6 @@ def _cache(tmp_path_factory, monkeypatch):
 
 # --- 1. the demo deletes only folders it made ------------------------------------------------
 
-@pytest.fixture
-def tiny_demo(monkeypatch):
-    monkeypatch.setattr(demo, "DEMO_SIM", {**demo.DEMO_SIM, "image_size": "32"})
-    monkeypatch.setattr(demo, "DEMO_COUNTS", {"n_train": 12, "n_val": 4, "n_test": 6})
-    monkeypatch.setattr(demo, "DEMO_MODEL", "densenet_cbam_tiny")
-    monkeypatch.setattr(demo, "DEMO_TRAIN", {"epochs": 1, "batch": 12})
-    monkeypatch.setattr(demo, "PRETRAINED_TEST", {"n_train": 0, "n_val": 0, "n_test": 2})
-
-
 @pytest.mark.parametrize("folder", ["data", "run", "pretrained-test"])
 def test_demo_refuses_a_folder_it_did_not_make(tmp_path, capsys, tiny_demo, folder):
     out = tmp_path / "demo"
