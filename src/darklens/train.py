@@ -87,15 +87,6 @@ def build_config(*, recipe: str, model: str, epochs: int | None, batch: int | No
     return config
 
 
-def _check_model_name(name: str) -> None:
-    """Refuse an unknown model before any data is read or any folder is made."""
-    from darklens.models import create_model, is_model
-
-    if not is_model(name):
-        create_model(name)  # raises the registry's one-line error, with close matches
-        raise DarklensError(f"unknown model {name!r} (see `darklens models`)")
-
-
 #: ``train()`` arguments that always arrive (the CLI passes its defaults): on ``--resume`` a value
 #: other than this default counts as given explicitly and must match the saved run
 _ALWAYS_PASSED = {"model": "densenet_cbam", "recipe": "fast", "seed": 0}
@@ -149,7 +140,9 @@ def _validate(c: TrainConfig) -> None:
     if c.compile not in ("auto", "on", "off"):
         raise DarklensError(f"compile={c.compile!r}: expected auto, on or off")
     _model_kwargs(c)
-    _check_model_name(c.model)
+    from darklens.models import check_model_name  # registry filled by the model modules
+
+    check_model_name(c.model)  # before any data is read or any folder is made
 
 
 def _model_kwargs(c: TrainConfig) -> dict:

@@ -51,6 +51,27 @@ def is_model(name: str) -> bool:
     return False
 
 
+def check_model_name(name: str) -> None:
+    """Raise the one-line unknown-model error (with close matches) unless ``name`` names a model.
+
+    Cheap (no model is built), so callers can refuse a typo before reading any data.
+    """
+    if name.startswith(TIMM_PREFIX):
+        import timm
+
+        timm_name = name[len(TIMM_PREFIX):]
+        if not timm.is_model(timm_name):
+            close = difflib.get_close_matches(timm_name, timm.list_models(), n=5, cutoff=0.6)
+            hint = f"; did you mean {', '.join('timm:' + c for c in close)}?" if close else ""
+            raise DarklensError(f"unknown timm model {timm_name!r}{hint}")
+    elif name not in _REGISTRY:
+        close = difflib.get_close_matches(name, list(_REGISTRY), n=5, cutoff=0.5)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise DarklensError(
+            f"unknown model {name!r}{hint} (see `darklens models`, or use timm:<name>)"
+        )
+
+
 def create_model(name: str, in_chans: int = 1, num_classes: int = 3, **kwargs) -> nn.Module:
     """Build a registered model (or ``timm:<name>``) with random weights.
 
@@ -66,15 +87,10 @@ def create_model(name: str, in_chans: int = 1, num_classes: int = 3, **kwargs) -
     Raises:
         DarklensError: unknown name (the message lists close matches) or bad kwargs.
     """
+    check_model_name(name)
     if name.startswith(TIMM_PREFIX):
         return _create_timm(name[len(TIMM_PREFIX):], in_chans, num_classes, **kwargs)
-    builder = _REGISTRY.get(name)
-    if builder is None:
-        close = difflib.get_close_matches(name, list(_REGISTRY), n=5, cutoff=0.5)
-        hint = f"; did you mean {', '.join(close)}?" if close else ""
-        raise DarklensError(
-            f"unknown model {name!r}{hint} (see `darklens models`, or use timm:<name>)"
-        )
+    builder = _REGISTRY[name]
     try:
         return builder(in_chans=in_chans, num_classes=num_classes, **kwargs)
     except TypeError as e:
@@ -86,10 +102,6 @@ def create_model(name: str, in_chans: int = 1, num_classes: int = 3, **kwargs) -
 def _create_timm(timm_name: str, in_chans: int, num_classes: int, **kwargs) -> nn.Module:
     import timm
 
-    if not timm.is_model(timm_name):
-        close = difflib.get_close_matches(timm_name, timm.list_models(), n=5, cutoff=0.6)
-        hint = f"; did you mean {', '.join('timm:' + c for c in close)}?" if close else ""
-        raise DarklensError(f"unknown timm model {timm_name!r}{hint}")
     if kwargs.pop("pretrained", False):
         raise DarklensError(f"timm:{timm_name}: pretrained weights are not downloaded by darklens")
     try:
