@@ -9,6 +9,7 @@ import torch
 from darklens.cli import main
 from darklens.errors import DarklensError
 from darklens.sim import SimulatedStream, list_presets, simulate_batch, simulate_dataset
+from darklens.sim.presets import get_config
 
 SMALL = {"image_size": "32", "pixel_scale": "0.15", "n_subhalos": "5"}
 
@@ -148,3 +149,14 @@ def test_stream_batches_are_fresh_and_mixed():
     assert x0.shape == (30, 1, 32, 32) and not torch.equal(x0, x1)
     counts = torch.bincount(torch.cat([y0, y1]), minlength=3)
     assert (counts >= 8).all()  # ~20 each expected
+
+
+def test_backend_choice_errors():
+    from darklens.sim.simulator import choose_backend
+
+    config = get_config("model_a")
+    assert choose_backend("auto", config, "cpu") == "eager"
+    with pytest.raises(DarklensError, match="unknown simulator backend"):
+        choose_backend("turbo", config, "cpu")
+    with pytest.raises(DarklensError, match="needs CUDA"):
+        choose_backend("fused", config, "cpu")

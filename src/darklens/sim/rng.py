@@ -109,6 +109,12 @@ def pixel_hash_tables(shape: tuple[int, int], device=None) -> tuple[torch.Tensor
     return mix32(counter * 2 + 0x1B873593), mix32(counter * 2 + 0x1B873594)
 
 
+def pixel_noise_base(keys: tuple[torch.Tensor, torch.Tensor], stream: int) -> torch.Tensor:
+    """(B,) per-image half of the pixel-noise hash (the fused CUDA kernel takes it as input)."""
+    k1, k2 = keys
+    return mix32(k1 ^ mix32(k2 + stream * 0x632BE5AB))
+
+
 def pixel_normal(
     keys: tuple[torch.Tensor, torch.Tensor], stream: int, shape: tuple[int, int],
     dtype=torch.float32, tables: tuple[torch.Tensor, torch.Tensor] | None = None,
@@ -121,8 +127,7 @@ def pixel_normal(
     Args:
         tables: ``pixel_hash_tables(shape)`` when the caller caches them.
     """
-    k1, k2 = keys
-    t1, t2 = tables if tables is not None else pixel_hash_tables(shape, k1.device)
-    base = mix32(k1 ^ mix32(k2 + stream * 0x632BE5AB)).view(-1, 1, 1)
+    t1, t2 = tables if tables is not None else pixel_hash_tables(shape, keys[0].device)
+    base = pixel_noise_base(keys, stream).view(-1, 1, 1)
     u1, u2 = _to_unit(mix32(base ^ t1), dtype), _to_unit(mix32(base ^ t2), dtype)
     return torch.sqrt(-2.0 * torch.log(u1)) * torch.cos((2.0 * math.pi) * u2)

@@ -17,6 +17,8 @@ from collections.abc import Sequence
 import torch
 
 from darklens.errors import DarklensError
+from darklens.sim import fused
+from darklens.sim.cuda_graph import graphed
 from darklens.sim import profiles as P
 from darklens.sim.cosmology import theta_E_squared_per_msun
 from darklens.sim.presets import SimConfig, get_config
@@ -24,6 +26,7 @@ from darklens.sim.rng import (
     SPLITS,
     image_keys,
     pixel_hash_tables,
+    pixel_noise_base,
     pixel_normal,
     uniform_block,
 )
@@ -313,26 +316,57 @@ def _noise_tables(config: SimConfig, device: torch.device):
     return _TABLES[key]
 
 
+BACKENDS = ("auto", "eager", "compile", "fused")
+
+
+def choose_backend(backend: str, config: SimConfig, device) -> str:
+    """Resolve ``backend``: 'auto' is the fused Triton kernels on CUDA, else eager torch."""
+    if backend not in BACKENDS:
+        raise DarklensError(f"unknown simulator backend {backend!r} (known: {', '.join(BACKENDS)})")
+    if backend == "auto":
+        return "fused" if fused.available(device, config) else "eager"
+    if backend == "fused" and not fused.available(device, config):
+        raise DarklensError("backend 'fused' needs CUDA, triton and vort_model=line")
+    return backend
+
+
 def render(config: SimConfig, seed: int, split_id: int | Tensor, labels: Tensor,
-           indices: Tensor, device, compiled: bool = False) -> tuple[Tensor, dict[str, Tensor]]:
+           indices: Tensor, device, backend: str = "auto",
+           cuda_graph: bool = True) -> tuple[Tensor, dict[str, Tensor]]:
     """Images (B, 1, H, W) and params for explicit per-image (split, label, index).
 
     Args:
-        compiled: run the per-pixel part through ``torch.compile`` (one program per shape;
-            for CUDA).
+        backend: how the per-pixel part runs: 'eager' torch (the reference), 'compile'
+            (``torch.compile``, one program per shape), 'fused' (the Triton kernels of
+            :mod:`darklens.sim.fused`, CUDA) or 'auto' (fused where available, else eager).
+        cuda_graph: 'fused' only: replay the whole batch (parameter draws included) as one
+            CUDA graph, captured per (config, seed, batch size). Same bits, less launch time.
     """
     device = torch.device(device)
+    backend = choose_backend(backend, config, device)
     labels = labels.to(device=device, dtype=torch.int64)
     indices = indices.to(device=device, dtype=torch.int64)
     if isinstance(split_id, Tensor):
         split_id = split_id.to(device=device, dtype=torch.int64)
     k_msun = theta_E_squared_per_msun(config.z_lens, config.z_source, config.H0, config.Om0)
+    if backend == "fused":
+        def body(split, labels, indices):
+            keys = image_keys(int(seed), split, labels, indices)
+            params = draw_params(config, keys, labels, k_msun)
+            noise_key = pixel_noise_base(keys, _NOISE_STREAM)
+            return min_max(fused.render_pixels(config, params, noise_key, device))[:, None], params
+
+        split = torch.broadcast_to(torch.as_tensor(split_id, device=device), labels.shape)
+        if not cuda_graph:
+            return body(split, labels, indices)
+        key = (config, int(seed), labels.shape[0], str(device))
+        return graphed(key, body, labels.shape[0], device)(split, labels, indices)
     keys = image_keys(int(seed), split_id, labels, indices)
     params = draw_params(config, keys, labels, k_msun)
     fn = _render_pixels
-    if compiled:
+    if backend == "compile":
         fn = _COMPILED.setdefault("pixels", torch.compile(_render_pixels, dynamic=False))
-    tables = _noise_tables(config, device) if compiled or device.type != "cpu" else None
+    tables = _noise_tables(config, device) if backend == "compile" or device.type != "cpu" else None
     return fn(config, params, keys, tables, device), params
 
 
@@ -348,7 +382,7 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
 
 def simulate_batch(preset: str | SimConfig = "model_a", labels=None, seed: int = 0,
                    split: str = "train", start_index: int = 0, device="cpu",
-                   overrides: dict | None = None, indices=None):
+                   overrides: dict | None = None, indices=None, backend: str = "auto"):
     """Simulate one batch.
 
     Args:
@@ -360,6 +394,7 @@ def simulate_batch(preset: str | SimConfig = "model_a", labels=None, seed: int =
         device: "cpu", "cuda", "auto" or a torch.device.
         overrides: ``--set`` style overrides of the preset.
         indices: optional explicit (B,) per-image indices.
+        backend: see :func:`render`.
 
     Returns:
         images (B, 1, H, W) float32 in [0, 1], labels (B,) int64, params dict name -> (B,) tensor.
@@ -374,5 +409,5 @@ def simulate_batch(preset: str | SimConfig = "model_a", labels=None, seed: int =
     if indices is None:
         indices = start_index + torch.arange(labels.shape[0], dtype=torch.int64)
     indices = torch.as_tensor(indices, dtype=torch.int64)
-    images, params = render(config, seed, SPLITS[split], labels, indices, device)
+    images, params = render(config, seed, SPLITS[split], labels, indices, device, backend)
     return images, labels.to(device), params

@@ -53,6 +53,6 @@ class SimulatedStream(IterableDataset):
             indices = b * self.batch_size + torch.arange(self.batch_size, dtype=torch.int64)
             labels = self.labels_for(indices)
             images, _ = render(self.config, self.seed, SPLITS["stream"], labels, indices,
-                               self.device, compiled=self.device.type == "cuda")
+                               self.device)
             yield images, labels.to(self.device)
             b += workers

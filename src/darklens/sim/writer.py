@@ -28,7 +28,7 @@ from darklens.config import atomic_write_text, check_output_dir, to_dict
 from darklens.errors import DarklensError
 from darklens.sim.presets import get_config
 from darklens.sim.rng import SPLITS
-from darklens.sim.simulator import render, resolve_device
+from darklens.sim.simulator import choose_backend, render, resolve_device
 
 _SPLIT_NAMES = ("train", "val", "test")
 
@@ -89,7 +89,7 @@ def _merge_params(out: Path, n_shards: int, header: str) -> bool:
 def simulate_dataset(out, preset: str = "model_a", n_train: int = 1000, n_val: int = 200,
                      n_test: int = 0, seed: int = 0, device="auto", batch: int | None = None,
                      shard: tuple[int, int] = (0, 1), overrides: dict | None = None,
-                     progress: bool = True, compile: bool | None = None) -> Path:
+                     progress: bool = True, backend: str = "auto") -> Path:
     """Simulate and write a dataset (images per class per split); see the module docstring.
 
     Args:
@@ -102,8 +102,8 @@ def simulate_dataset(out, preset: str = "model_a", n_train: int = 1000, n_val: i
         shard: (i, n): write only part i of n.
         overrides: ``--set`` overrides (str -> str).
         progress: show a tqdm bar.
-        compile: torch.compile the renderer's per-pixel part (None: only on CUDA and for
-            sets of 1,000,000 images or more, where the ~1 min compile pays for itself).
+        backend: the renderer's per-pixel backend (see ``simulator.render``; 'auto' is the
+            fused Triton kernels on CUDA, eager torch on the CPU).
 
     Returns:
         The output folder.
@@ -136,7 +136,7 @@ def simulate_dataset(out, preset: str = "model_a", n_train: int = 1000, n_val: i
     split_ids, labels, indices = _job_list(counts)
     total = len(labels)
     lo, hi = total * i_shard // n_shards, total * (i_shard + 1) // n_shards
-    compiled = compile if compile is not None else (dev.type == "cuda" and hi - lo >= 1_000_000)
+    backend = choose_backend(backend, config, dev)
     names: list[str] | None = None
     rows: list[str] = []
     bar = tqdm(total=hi - lo, desc=f"simulate {config.preset}", unit="img", disable=not progress)
@@ -147,11 +147,11 @@ def simulate_dataset(out, preset: str = "model_a", n_train: int = 1000, n_val: i
             n = stop - start
             sel = slice(start, stop)
             # pad the last batch to the full size: one compiled shape, same per-image content
-            pad = batch - n if compiled else 0
+            pad = batch - n if backend == "compile" else 0
             lab = torch.from_numpy(np.pad(labels[sel], (0, pad)))
             idx = torch.from_numpy(np.pad(indices[sel], (0, pad)))
             sid = torch.from_numpy(np.pad(split_ids[sel], (0, pad)))
-            images, params = render(config, seed, sid, lab, idx, dev, compiled=compiled)
+            images, params = render(config, seed, sid, lab, idx, dev, backend)
             images = images[:n].cpu().numpy()
             params = {k: v[:n].cpu().numpy() for k, v in params.items()}
             names = names or list(params)
