@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import sys
 import time
 
 import torch
@@ -90,7 +91,8 @@ def main():
                           None if a.mode == "default" else a.mode))
     if a.out:
         with open(a.out, "w") as f:
-            json.dump({"model": a.model, "batch": a.batch, "torch": torch.__version__,
+            json.dump({"date": time.strftime("%Y-%m-%d"), "command": " ".join(sys.argv),
+                       "model": a.model, "batch": a.batch, "torch": torch.__version__,
                        "card": torch.cuda.get_device_name(), "rows": rows}, f, indent=2)
 
 
