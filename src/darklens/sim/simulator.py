@@ -356,11 +356,15 @@ def render(config: SimConfig, seed: int, split_id: int | Tensor, labels: Tensor,
             noise_key = pixel_noise_base(keys, _NOISE_STREAM)
             return min_max(fused.render_pixels(config, params, noise_key, device))[:, None], params
 
+        if device.index is None:  # "cuda": pin the index, the graph cache is keyed by it
+            device = torch.device("cuda", torch.cuda.current_device())
         split = torch.broadcast_to(torch.as_tensor(split_id, device=device), labels.shape)
-        if not cuda_graph:
-            return body(split, labels, indices)
-        key = (config, int(seed), labels.shape[0], str(device))
-        return graphed(key, body, labels.shape[0], device)(split, labels, indices)
+        # Triton launches on the current device: make it the tensors' device
+        with torch.cuda.device(device):
+            if not cuda_graph:
+                return body(split, labels, indices)
+            key = (config, int(seed), labels.shape[0], str(device))
+            return graphed(key, body, labels.shape[0], device)(split, labels, indices)
     keys = image_keys(int(seed), split_id, labels, indices)
     params = draw_params(config, keys, labels, k_msun)
     fn = _render_pixels
