@@ -160,3 +160,13 @@ def test_backend_choice_errors():
         choose_backend("turbo", config, "cpu")
     with pytest.raises(DarklensError, match="needs CUDA"):
         choose_backend("fused", config, "cpu")
+
+
+def test_renderer_is_recorded_and_a_bad_backend_writes_nothing(tmp_path):
+    out = tmp_path / "d"
+    with pytest.raises(DarklensError, match="unknown simulator backend"):
+        simulate_dataset(out, n_train=1, n_val=0, device="cpu", progress=False, backend="nope")
+    assert not out.exists()
+    simulate_dataset(out, n_train=1, n_val=0, device="cpu", progress=False,
+                     overrides={"image_size": "16"})
+    assert "renderer: eager on cpu" in (out / "config.yaml").read_text()

@@ -38,3 +38,10 @@ def test_fused_matches_torch_reference(measured, name):
 def test_fused_atan2(measured):
     assert measured["atan2_max_abs"] < 1e-6
     assert abs(measured["atan2_pi_on_negative_axis"]) < 1e-6
+
+
+def test_render_fused_backend_matches_eager(measured):
+    # the whole fused branch of render(): seed words, per-image split ids, min-max, params
+    assert measured["render_fused_vs_eager"] < 1e-5
+    assert measured["render_params_equal"]
+    assert measured["render_seed_changes_images"] > 0.01

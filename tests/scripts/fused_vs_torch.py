@@ -64,13 +64,26 @@ for preset, sets in (("model_a", {"noise": "false"}), ("model_a", {}), ("model_i
     half, _, _ = fused_images(config, labels[:3], indices[:3])
     result[f"{name}_batch_invariant"] = bool(torch.equal(half, got[:3]))
 
+# render(backend="fused") as a whole (seed words, split ids, min-max, params) against eager
+config = get_config("model_iii", {"image_size": "24", "noise": "false"})
+labels, indices = torch.tensor([0, 1, 2, 2, 1]), torch.arange(5) + 2**33  # > 32-bit indices
+split = torch.tensor([0, 1, 2, 0, 1])
+seed = 2**40 + 12345  # both seed words matter
+got, p_got = S.render(config, seed, split, labels, indices, "cpu", "fused")
+want, p_want = S.render(config, seed, split, labels, indices, "cpu", "eager")
+result["render_fused_vs_eager"] = float((got - want).abs().max())
+result["render_params_equal"] = all(torch.equal(p_got[k], p_want[k]) for k in p_want)
+other, _ = S.render(config, seed + 1, split, labels, indices, "cpu", "fused")
+result["render_seed_changes_images"] = float((other - got).abs().max())
+
 t = torch.linspace(-3.0, 3.0, 13)
 y, x = torch.meshgrid(t, t, indexing="ij")
-y, x = y.flatten(), x.flatten()
+y = torch.cat([y.flatten(), torch.tensor([-0.0, -0.0])])
+x = torch.cat([x.flatten(), torch.tensor([-1.0, -2.5])])
 out = torch.empty_like(x)
 _atan2_kernel[(1,)](y, x, out, x.numel(), BLOCK=256)
-ref = torch.atan2(y, x)
+ref = torch.atan2(y, x)  # numpy/torch: atan2(-0.0, x < 0) = -pi, atan2(0, 0) = 0
 ref[(y == 0) & (x == 0)] = 0.0
 result["atan2_max_abs"] = float((out - ref).abs().max())
-result["atan2_pi_on_negative_axis"] = float(out[(y == 0) & (x < 0)].min() - math.pi)
+result["atan2_pi_on_negative_axis"] = float(out[(y == 0) & (x < 0)].abs().min() - math.pi)
 print(json.dumps(result))

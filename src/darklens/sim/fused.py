@@ -23,6 +23,8 @@ Kahan's log1p) because the Triton interpreter, which the CPU tests use, has no l
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 from darklens.sim.presets import SimConfig
@@ -54,9 +56,12 @@ assert COL["v_scale"] == COL["v_ax"] + 6
 
 
 def available(device, config: SimConfig) -> bool:
-    """True when the fused kernels can render ``config`` on ``device``."""
-    return (triton is not None and torch.device(device).type == "cuda"
-            and config.vort_model == "line")
+    """True when the fused kernels can render ``config`` on ``device``.
+
+    On the CPU only under Triton's interpreter (``TRITON_INTERPRET=1``, for tests: slow).
+    """
+    on_device = torch.device(device).type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1"
+    return triton is not None and on_device and config.vort_model == "line"
 
 
 def _sersic_columns(p: dict[str, Tensor], prefix: str) -> list[Tensor]:
@@ -134,8 +139,10 @@ if triton is not None:
         den = tl.where(x > 0.0, r + x, y)
         num = tl.where(x > 0.0, y, r - x)
         half = _atan(num / tl.where(den == 0.0, 1.0, den))
-        # y == 0 with x <= 0: (r - x) / y is +inf (-inf for y = -0), atan gives +-pi/2
-        half = tl.where((den == 0.0) & (r > 0.0), 1.5707963267948966, half)
+        # y == 0 with x < 0: (r - x) / y is +inf, or -inf for y = -0.0; atan gives +-pi/2
+        negative_zero = y.to(tl.int32, bitcast=True) < 0
+        half = tl.where((den == 0.0) & (r > 0.0),
+                        tl.where(negative_zero, -1.5707963267948966, 1.5707963267948966), half)
         return tl.where(r > 0.0, 2.0 * half, 0.0)
 
     @triton.jit
@@ -169,8 +176,8 @@ if triton is not None:
                        BLOCK: tl.constexpr, SRC: tl.constexpr, LL: tl.constexpr,
                        LENS: tl.constexpr, HAS: tl.constexpr, VORT: tl.constexpr,
                        SUB0: tl.constexpr):
-        img = tl.program_id(1)
-        pix = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        img = tl.program_id(0)
+        pix = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
         mask = pix < HW
         x = tl.load(coords + pix % W, mask=mask, other=0.0)
         y = tl.load(coords + pix // W, mask=mask, other=0.0)
@@ -226,8 +233,8 @@ if triton is not None:
 
     @triton.jit
     def _psf_rows_kernel(src, taps, out, W, HW, BLOCK: tl.constexpr, K: tl.constexpr):
-        img = tl.program_id(1)
-        pix = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        img = tl.program_id(0)
+        pix = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
         mask = pix < HW
         col = pix % W
         base = img.to(tl.int64) * HW
@@ -243,8 +250,8 @@ if triton is not None:
     def _psf_cols_noise_kernel(src, taps, keys, P, out, n_params, H, W, HW, sky, bg2,
                                BLOCK: tl.constexpr, K: tl.constexpr, NOISE: tl.constexpr,
                                INV_EXPOSURE: tl.constexpr):
-        img = tl.program_id(1)
-        pix = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        img = tl.program_id(0)
+        pix = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
         mask = pix < HW
         row = pix // W
         base = img.to(tl.int64) * HW
@@ -298,7 +305,7 @@ def render_pixels(config: SimConfig, params: dict[str, Tensor], noise_key: Tenso
     n = config.image_size
     hw = n * n
     coords, taps = _constants(config, device)
-    grid = (triton.cdiv(hw, _BLOCK), B)
+    grid = (B, triton.cdiv(hw, _BLOCK))  # images on axis 0: up to 2**31 - 1 (axis 1: 65,535)
     a = torch.empty((B, n, n), device=device, dtype=torch.float32)
     b = torch.empty_like(a)
     _render_kernel[grid](packed, coords, a, n_params, config.n_subhalos, n, hw, BLOCK=_BLOCK,

@@ -43,13 +43,21 @@ def _absorb(h: torch.Tensor, value: torch.Tensor | int) -> torch.Tensor:
     return mix32((h ^ value) + 0x9E3779B9)
 
 
+def seed_words(seed: int) -> tuple[int, int]:
+    """A user seed (any Python int, folded to 64 bits) as its low and high 32-bit words."""
+    seed = int(seed) & 0xFFFFFFFFFFFFFFFF
+    return seed & _M32, seed >> 32
+
+
 def image_keys(
-    seed: int, split: int | torch.Tensor, labels: torch.Tensor, indices: torch.Tensor
+    seed: int | torch.Tensor, split: int | torch.Tensor, labels: torch.Tensor,
+    indices: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Two independent 32-bit keys per image (64 bits: no collisions between datasets).
 
     Args:
-        seed: user seed (any Python int; folded to 64 bits).
+        seed: user seed (any Python int; folded to 64 bits), or its ``seed_words`` as a (2,)
+            int64 tensor (a CUDA graph takes the seed as an input, not a baked-in constant).
         split: split id (see ``SPLITS``), an int or a (B,) tensor.
         labels: (B,) int64 class ids.
         indices: (B,) int64 image index within (split, class).
@@ -57,13 +65,13 @@ def image_keys(
     Returns:
         (k1, k2): two (B,) int64 tensors with values in [0, 2**32).
     """
-    seed = int(seed) & 0xFFFFFFFFFFFFFFFF
+    lo, hi = (seed[0], seed[1]) if isinstance(seed, torch.Tensor) else seed_words(seed)
     labels = labels.to(torch.int64)
     indices = indices.to(torch.int64)
     keys = []
     for lane in (0x243F6A88, 0x85A308D3):  # two lanes with different initial values
         h = torch.full_like(indices, lane)
-        for word in (seed & _M32, seed >> 32, split, 0x5EED):
+        for word in (lo, hi, split, 0x5EED):
             h = _absorb(h, word)
         h = _absorb(h, labels)
         h = _absorb(h, indices & _M32)

@@ -28,6 +28,7 @@ from darklens.sim.rng import (
     pixel_hash_tables,
     pixel_noise_base,
     pixel_normal,
+    seed_words,
     uniform_block,
 )
 
@@ -324,7 +325,8 @@ def choose_backend(backend: str, config: SimConfig, device) -> str:
     if backend not in BACKENDS:
         raise DarklensError(f"unknown simulator backend {backend!r} (known: {', '.join(BACKENDS)})")
     if backend == "auto":
-        return "fused" if fused.available(device, config) else "eager"
+        cuda = torch.device(device).type == "cuda"
+        return "fused" if cuda and fused.available(device, config) else "eager"
     if backend == "fused" and not fused.available(device, config):
         raise DarklensError("backend 'fused' needs CUDA, triton and vort_model=line")
     return backend
@@ -340,7 +342,7 @@ def render(config: SimConfig, seed: int, split_id: int | Tensor, labels: Tensor,
             (``torch.compile``, one program per shape), 'fused' (the Triton kernels of
             :mod:`darklens.sim.fused`, CUDA) or 'auto' (fused where available, else eager).
         cuda_graph: 'fused' only: replay the whole batch (parameter draws included) as one
-            CUDA graph, captured per (config, seed, batch size). Same bits, less launch time.
+            CUDA graph, captured per (config, batch size, device). Same bits, less launch time.
     """
     device = torch.device(device)
     backend = choose_backend(backend, config, device)
@@ -350,21 +352,25 @@ def render(config: SimConfig, seed: int, split_id: int | Tensor, labels: Tensor,
         split_id = split_id.to(device=device, dtype=torch.int64)
     k_msun = theta_E_squared_per_msun(config.z_lens, config.z_source, config.H0, config.Om0)
     if backend == "fused":
-        def body(split, labels, indices):
-            keys = image_keys(int(seed), split, labels, indices)
+        def body(words, split, labels, indices):
+            keys = image_keys(words, split, labels, indices)
             params = draw_params(config, keys, labels, k_msun)
             noise_key = pixel_noise_base(keys, _NOISE_STREAM)
             return min_max(fused.render_pixels(config, params, noise_key, device))[:, None], params
 
-        if device.index is None:  # "cuda": pin the index, the graph cache is keyed by it
+        if device.type == "cuda" and device.index is None:  # the graph cache is keyed by it
             device = torch.device("cuda", torch.cuda.current_device())
+        words = torch.tensor(seed_words(seed), dtype=torch.int64, device=device)
         split = torch.broadcast_to(torch.as_tensor(split_id, device=device), labels.shape)
+        inputs = [words, split, labels, indices]
+        if device.type != "cuda":  # the Triton interpreter (CPU tests): no graphs
+            return body(*inputs)
         # Triton launches on the current device: make it the tensors' device
         with torch.cuda.device(device):
             if not cuda_graph:
-                return body(split, labels, indices)
-            key = (config, int(seed), labels.shape[0], str(device))
-            return graphed(key, body, labels.shape[0], device)(split, labels, indices)
+                return body(*inputs)
+            key = (config, labels.shape[0], str(device))
+            return graphed(key, body, inputs, device)(*inputs)
     keys = image_keys(int(seed), split_id, labels, indices)
     params = draw_params(config, keys, labels, k_msun)
     fn = _render_pixels

@@ -120,8 +120,13 @@ def simulate_dataset(out, preset: str = "model_a", n_train: int = 1000, n_val: i
     batch = int(batch) if batch else (2048 if dev.type == "cuda" else 64)
     if batch < 1:
         raise DarklensError(f"--batch: must be >= 1, got {batch}")
+    backend = choose_backend(backend, config, dev)
     counts = {"train": n_train, "val": n_val, "test": n_test}
+    # The renderer is part of the dataset's identity: the CPU path draws its noise differently
+    # from the CUDA ones, and eager and fused CUDA differ in the last bits. Shards must agree.
+    renderer = f"{backend} on {dev.type}"
     record = {"darklens_version": __version__, "preset": config.preset, "seed": seed,
+              "renderer": renderer,
               "images_per_class": counts, "classes": list(CLASSES),
               "config": to_dict(dataclasses.asdict(config))}
     config_text = yaml.safe_dump(record, sort_keys=False)
@@ -136,7 +141,6 @@ def simulate_dataset(out, preset: str = "model_a", n_train: int = 1000, n_val: i
     split_ids, labels, indices = _job_list(counts)
     total = len(labels)
     lo, hi = total * i_shard // n_shards, total * (i_shard + 1) // n_shards
-    backend = choose_backend(backend, config, dev)
     names: list[str] | None = None
     rows: list[str] = []
     bar = tqdm(total=hi - lo, desc=f"simulate {config.preset}", unit="img", disable=not progress)
