@@ -45,3 +45,17 @@ def test_render_fused_backend_matches_eager(measured):
     assert measured["render_fused_vs_eager"] < 1e-5
     assert measured["render_params_equal"]
     assert measured["render_seed_changes_images"] > 0.01
+
+
+def test_failed_graph_capture_falls_back_to_uncaptured_launches(monkeypatch):
+    from darklens.sim import cuda_graph
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    monkeypatch.setattr(cuda_graph, "GraphedRender", refuse)
+    monkeypatch.setattr(cuda_graph, "_GRAPHS", cuda_graph.OrderedDict())
+    body = lambda *inputs: ("images", {})  # noqa: E731
+    with pytest.warns(UserWarning, match="CUDA graph capture failed"):
+        assert cuda_graph.graphed("key", body, [], "cuda:0") is body
+    assert cuda_graph.graphed("key", body, [], "cuda:0") is body  # cached: one warning

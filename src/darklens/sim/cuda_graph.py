@@ -11,6 +11,7 @@ Replays are bit-identical to the uncaptured path: the same kernels run on the sa
 
 from __future__ import annotations
 
+import warnings
 from collections import OrderedDict
 from collections.abc import Callable
 
@@ -54,12 +55,20 @@ class GraphedRender:
 _GRAPHS: OrderedDict = OrderedDict()
 
 
-def graphed(key, body: Callable, examples: list[Tensor], device: torch.device) -> GraphedRender:
-    """The cached graph for ``key`` (captured on first use; least recently used evicted)."""
+def graphed(key, body: Callable, examples: list[Tensor], device: torch.device) -> Callable:
+    """The cached graph for ``key`` (captured on first use; least recently used evicted).
+
+    If capturing fails (a driver or PyTorch version that refuses part of the work), the batch
+    runs uncaptured: the same kernels and bits, only slower. One warning says so.
+    """
     if key in _GRAPHS:
         _GRAPHS.move_to_end(key)
     else:
-        _GRAPHS[key] = GraphedRender(body, examples, device)
+        try:
+            _GRAPHS[key] = GraphedRender(body, examples, device)
+        except RuntimeError as e:
+            warnings.warn(f"CUDA graph capture failed ({e}); simulating without it", stacklevel=3)
+            _GRAPHS[key] = body
         while len(_GRAPHS) > _MAX_GRAPHS:
             _GRAPHS.popitem(last=False)
     return _GRAPHS[key]
