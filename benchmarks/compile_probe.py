@@ -22,7 +22,8 @@ from darklens.models import create_model
 
 
 def step(net, x, y, amp):
-    ctx = torch.autocast("cuda", dtype=torch.bfloat16) if amp == "bf16" else contextlib.nullcontext()
+    bf16 = amp == "bf16"
+    ctx = torch.autocast("cuda", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
     net.zero_grad(set_to_none=True)
     with ctx:
         out = net(x)
