@@ -138,6 +138,11 @@ def test_cli_simulate_and_errors(tmp_path, capsys):
                  "--val", "1"]) == 2
     err = capsys.readouterr().err
     assert "unknown simulation preset 'nope'" in err and "Traceback" not in err
+    # the fused kernels need CUDA: a one-line error, and nothing written
+    assert main(["simulate", str(tmp_path / "f"), "--train", "1", "--val", "1", "--device",
+                 "cpu", "--backend", "fused"]) == 2
+    err = capsys.readouterr().err
+    assert "backend 'fused' needs CUDA" in err and not (tmp_path / "f").exists()
 
 
 def test_stream_batches_are_fresh_and_mixed():

@@ -47,6 +47,7 @@ def _cmd_simulate(a: argparse.Namespace) -> int | None:
     simulate_dataset(
         a.out, preset=a.preset, n_train=a.train, n_val=a.val, n_test=a.test, seed=a.seed,
         device=a.device, batch=a.batch, shard=a.shard, overrides=parse_set_args(a.set),
+        backend=a.backend,
     )
     return 0
 
@@ -131,6 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=None, help="images per simulated batch")
     p.add_argument("--shard", type=_shard, default=(0, 1), help="write only part i of n (i/n)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a preset range")
+    p.add_argument("--backend", default="auto", choices=["auto", "eager", "compile", "fused"],
+                   help="renderer: auto = fused Triton kernels on CUDA, eager torch on the CPU; "
+                        "shards of one dataset must use the same")
     p.set_defaults(func=_cmd_simulate)
 
     p = sub.add_parser("train", help="train a classifier")
