@@ -204,6 +204,26 @@ def test_spatial_attention_avg_input_is_channel_mean():
     torch.testing.assert_close(block(x), torch.sigmoid(x.mean(dim=1, keepdim=True)))
 
 
+def test_spatial_attention_backward_matches_notebook_at_ties():
+    # Tied channel maxima (as low precision makes common): the notebook's AdaptiveMaxPool3d
+    # gives the whole gradient to one channel; amax would split it over the ties.
+    from darklens.models.densenet_cbam import SpatialAttention
+
+    torch.manual_seed(0)
+    ours, ref = SpatialAttention(seed_exact=True), Spatial_A_Block()
+    ref.conv.weight.data.copy_(ours.conv.weight.data)
+    base = torch.randn(2, 1, 6, 6)
+    grads = []
+    for module in (ours, ref):
+        x = torch.cat([base, base, base - 1.0], dim=1).requires_grad_(True)  # channels 0, 1 tie
+        module(x).sum().backward()
+        grads.append(x.grad)
+    assert torch.allclose(grads[0].sum(1), grads[1].sum(1), atol=1e-6)
+    for g in grads:  # one of the two tied channels gets all of it at each pixel
+        assert torch.all((g[:, 0] == 0) | (g[:, 1] == 0))
+        assert torch.all(g[:, 2] == 0)
+
+
 def test_registry_errors_and_listing():
     assert "densenet_cbam" in list_models()
     assert list_models("densenet_cbam*") == ["densenet_cbam", "densenet_cbam_tiny"]

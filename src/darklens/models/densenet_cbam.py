@@ -83,7 +83,11 @@ class SpatialAttention(nn.Module):
         self.conv = nn.Conv2d(2, 1, 7, padding=7 // 2, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x_max = torch.amax(x, dim=1, keepdim=True)
+        # max with indices, not amax: its backward sends the gradient to one arg-max, as the
+        # notebook's AdaptiveMaxPool3d does. amax's backward splits it over ties by comparing
+        # values, which inductor gets wrong in bf16/fp16 (pytorch/pytorch#186799; our compiled
+        # bf16 densenet_cbam had non-finite gradients, benchmarks/compile_probe.py).
+        x_max = torch.max(x, dim=1, keepdim=True).values
         x_avg = x_max if self.seed_exact else torch.mean(x, dim=1, keepdim=True)
         return torch.sigmoid(self.conv(torch.cat([x_max, x_avg], dim=1)))
 
