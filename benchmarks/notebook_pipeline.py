@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import random
 import time
@@ -63,15 +62,6 @@ class Len(Dataset):
         return torch.tensor(image, dtype=torch.float32), torch.tensor(label).long()
 
 
-def cosine_warmup(warmup: int, total: int):
-    def f(step: int) -> float:
-        if step < warmup:
-            return step / max(1, warmup)
-        progress = (step - warmup) / max(1, total - warmup)
-        return max(0.0, 0.5 * (1.0 + math.cos(math.pi * progress)))
-    return f
-
-
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("data")
@@ -83,6 +73,7 @@ def main(argv: list[str] | None = None) -> dict:
     a = p.parse_args(argv)
 
     from darklens.models import create_model
+    from darklens.training.loop import cosine_with_warmup  # the notebook's transformers schedule
 
     set_seed(42)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -96,7 +87,7 @@ def main(argv: list[str] | None = None) -> dict:
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-4, weight_decay=1e-5)
     steps = len(train_loader)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, cosine_warmup(steps * a.warmup_epochs, steps * a.epochs))
+        optimizer, cosine_with_warmup(steps * a.warmup_epochs, steps * a.epochs))
     history = []
     t0 = time.perf_counter()
     for epoch in range(a.epochs):
