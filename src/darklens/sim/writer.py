@@ -150,8 +150,9 @@ def simulate_dataset(out, preset: str = "model_a", n_train: int = 1000, n_val: i
             stop = min(start + batch, hi)
             n = stop - start
             sel = slice(start, stop)
-            # pad the last batch to the full size: one compiled shape, same per-image content
-            pad = batch - n if backend == "compile" else 0
+            # pad the last batch to the full size: one compiled shape / one CUDA graph (a second
+            # graph would hold its own buffers), same per-image content
+            pad = batch - n if backend in ("compile", "fused") else 0
             lab = torch.from_numpy(np.pad(labels[sel], (0, pad)))
             idx = torch.from_numpy(np.pad(indices[sel], (0, pad)))
             sid = torch.from_numpy(np.pad(split_ids[sel], (0, pad)))
