@@ -28,7 +28,7 @@ import os
 import torch
 
 from darklens.sim.presets import SimConfig
-from darklens.sim.profiles import fwhm_to_sigma, gaussian_kernel_1d
+from darklens.sim.profiles import pixel_centres, psf_taps
 
 try:  # triton ships with CUDA builds of torch; without it the torch path is used
     import triton
@@ -284,11 +284,8 @@ def _constants(config: SimConfig, device) -> tuple[Tensor, Tensor]:
     CUDA graph captures the render)."""
     key = (config.image_size, config.pixel_scale, config.psf_fwhm, config.psf_size, str(device))
     if key not in _CONSTANTS:
-        n = config.image_size
-        coords = (torch.arange(n, dtype=torch.float64) - (n - 1) / 2.0) * config.pixel_scale
-        taps = gaussian_kernel_1d(fwhm_to_sigma(config.psf_fwhm) / config.pixel_scale,
-                                  config.psf_size)
-        _CONSTANTS[key] = (coords.to(device, torch.float32), taps.to(device))
+        _CONSTANTS[key] = (pixel_centres(config).to(device, torch.float32),
+                           psf_taps(config, device=device))
     return _CONSTANTS[key]
 
 

@@ -108,8 +108,7 @@ def lenstronomy_renderer(config: SimConfig, *, keep_empty_subhalos: bool = False
             "pip install 'darklens[test]'") from None
 
     n, scale = config.image_size, config.pixel_scale
-    taps = P.gaussian_kernel_1d(P.fwhm_to_sigma(config.psf_fwhm) / scale, config.psf_size,
-                                dtype=torch.float64).numpy()
+    taps = P.psf_taps(config, dtype=torch.float64).numpy()
     grid = PixelGrid(nx=n, ny=n, transform_pix2angle=np.eye(2) * scale,
                      ra_at_xy_0=-(n - 1) / 2 * scale, dec_at_xy_0=-(n - 1) / 2 * scale)
     psf = PSF(psf_type="PIXEL", kernel_point_source=np.outer(taps, taps))

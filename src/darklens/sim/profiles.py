@@ -147,6 +147,20 @@ def gaussian_kernel_1d(sigma_pix: float, size: int, dtype=torch.float32, device=
     return (g / g.sum()).to(dtype=dtype, device=device)
 
 
+def psf_taps(config, dtype=torch.float32, device=None) -> Tensor:
+    """A ``SimConfig``'s Gaussian PSF as 1-D taps in pixels (the 2-D kernel is their outer
+    product): what every renderer of the config convolves with."""
+    return gaussian_kernel_1d(fwhm_to_sigma(config.psf_fwhm) / config.pixel_scale,
+                              config.psf_size, dtype=dtype, device=device)
+
+
+def pixel_centres(config) -> Tensor:
+    """A ``SimConfig``'s pixel-centre coordinates along one axis [arcsec], float64, (n,):
+    symmetric about the optical axis."""
+    n = config.image_size
+    return (torch.arange(n, dtype=torch.float64) - (n - 1) / 2.0) * config.pixel_scale
+
+
 def convolve_separable(images: Tensor, taps: Tensor) -> Tensor:
     """'Same'-size convolution with a symmetric separable kernel, zero padding.
 

@@ -153,8 +153,7 @@ def draw_params(config: SimConfig, keys: tuple[Tensor, Tensor], labels: Tensor,
 
 def pixel_grid(config: SimConfig, device, dtype=torch.float32) -> tuple[Tensor, Tensor]:
     """Pixel-centre coordinates (1, H, W) [arcsec] about the optical axis; y grows with row."""
-    n, s = config.image_size, config.pixel_scale
-    t = (torch.arange(n, dtype=torch.float64) - (n - 1) / 2.0) * s
+    t = P.pixel_centres(config)
     y, x = torch.meshgrid(t, t, indexing="ij")
     return x.to(device, dtype)[None], y.to(device, dtype)[None]
 
@@ -241,9 +240,7 @@ def render_noise_free(config: SimConfig, p: dict[str, Tensor], device) -> Tensor
     image = image + P.sersic(x, y, c("lens_light_amp"), c("lens_light_R_sersic"),
                              c("lens_light_n_sersic"), c("lens_light_e1"), c("lens_light_e2"),
                              c("lens_center_x"), c("lens_center_y"))
-    taps = P.gaussian_kernel_1d(P.fwhm_to_sigma(config.psf_fwhm) / config.pixel_scale,
-                                config.psf_size, device=device)
-    return P.convolve_separable(image, taps)
+    return P.convolve_separable(image, P.psf_taps(config, device=device))
 
 
 def add_noise(config: SimConfig, image: Tensor, exposure: Tensor, keys,
