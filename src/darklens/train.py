@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -188,7 +189,7 @@ def train(data: str, *, model: str = "densenet_cbam", out: str | Path, recipe: s
         The run folder.
     """
     run = Path(out)
-    local_rank = int(__import__("os").environ.get("LOCAL_RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     dev = resolve_device(device, local_rank)
     dist_info = distributed.init_distributed(dev)
     try:
