@@ -212,3 +212,49 @@ def test_sim_preset_trains_on_fresh_batches_with_fixed_val(tmp_path):
     rows = read_rows(run)
     assert [int(r["train_images"]) for r in rows] == [24, 24]
     assert yaml.safe_load((run / "config.yaml").read_text())["data_info"]["n_val"] == 12
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_non_finite_step_is_skipped_without_touching_weights(fused):
+    """A step whose gradient is NaN leaves weights and optimizer moments as they were."""
+    torch.manual_seed(0)
+    net = torch.nn.Linear(4, 3)
+    opt = (loop.make_optimizer(net.parameters(), lr=0.1, weight_decay=0.01) if fused
+           else torch.optim.SGD(net.parameters(), lr=0.1))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)
+    batches = [(torch.rand(8, 4), torch.randint(0, 3, (8,))) for _ in range(3)]
+    poison = {"on": False}
+
+    def loss_fn(logits, y):
+        loss = torch.nn.functional.cross_entropy(logits, y)
+        return loss * float("nan") if poison["on"] else loss
+
+    kwargs = dict(n_steps=3, optimizer=opt, scheduler=sched, loss_fn=loss_fn, subtract=0.0,
+                  device=torch.device("cpu"), amp="none", channels_last=False, ema=None,
+                  grad_clip=1.0, desc="", show_progress=False)
+    stats = loop.train_one_epoch(net, batches[:1], **kwargs)  # a finite step moves the weights
+    assert stats["skipped_steps"] == 0
+    before = [p.detach().clone() for p in net.parameters()]
+    moments = {k: v.clone() for k, v in opt.state_dict()["state"].get(0, {}).items()}
+    poison["on"] = True
+    stats = loop.train_one_epoch(net, batches, **kwargs)
+    assert stats["skipped_steps"] == 3
+    for p, q in zip(net.parameters(), before):
+        assert torch.equal(p, q)
+    for k, v in opt.state_dict()["state"].get(0, {}).items():
+        assert torch.equal(v, moments[k]), k
+    poison["on"] = False
+    loop.train_one_epoch(net, batches[:1], **kwargs)
+    assert not all(torch.equal(p, q) for p, q in zip(net.parameters(), before))
+
+
+def test_model_layout_gives_every_batch_one_stride_pattern():
+    """torch.compile guards on strides: a trial batch and a D4 batch must not differ."""
+    g = torch.Generator().manual_seed(0)
+    trial = torch.rand(8, 1, 6, 6) - 0.5
+    augmented = tdata.d4_augment(torch.rand(8, 1, 6, 6), g) - 0.5
+    for channels_last in (True, False):
+        a = loop.model_layout(trial, channels_last)
+        b = loop.model_layout(augmented, channels_last)
+        assert a.stride() == b.stride()
+        assert torch.equal(a, trial) and torch.equal(b, augmented)

@@ -77,6 +77,19 @@ def autocast(device: torch.device, amp: str):
     return contextlib.nullcontext()
 
 
+def model_layout(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    """``x`` in the one stride pattern every batch gets (a copy when channels_last).
+
+    ``contiguous(memory_format=channels_last)`` leaves a one-channel batch as it is whenever its
+    strides already pass for channels_last, and several patterns do (the channel dim has size
+    1). torch.compile guards on strides, so a trial batch and a D4-augmented one compiled the
+    model twice (~30 s more on an H100). A clone into that memory format has canonical strides.
+    """
+    if channels_last:
+        return x.clone(memory_format=torch.channels_last)
+    return x.contiguous()
+
+
 def train_one_epoch(model: nn.Module, batches: Iterable, *, n_steps: int, optimizer, scheduler,
                     loss_fn: Callable, subtract: float, device: torch.device, amp: str,
                     channels_last: bool, ema: EMA | None, grad_clip: float, desc: str,
@@ -85,14 +98,12 @@ def train_one_epoch(model: nn.Module, batches: Iterable, *, n_steps: int, optimi
     """Train over ``batches``; returns mean loss, images seen and seconds (device-synced)."""
     model.train()
     total_loss = torch.zeros((), device=device, dtype=torch.float64)
+    skipped = torch.zeros((), device=device, dtype=torch.int64)
     n_images = 0
-    skipped = 0
     start = time.perf_counter()
     bar = tqdm(total=n_steps, desc=desc, disable=not show_progress, leave=False)
     for step, (x, y) in enumerate(batches):
-        x = x - subtract
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
+        x = model_layout(x - subtract, channels_last)
         with autocast(device, amp):
             logits = model(x)
         loss = loss_fn(logits.float(), y)
@@ -100,13 +111,13 @@ def train_one_epoch(model: nn.Module, batches: Iterable, *, n_steps: int, optimi
         loss.backward()
         # The norm doubles as a divergence check: a non-finite gradient would poison the
         # optimizer moments and every later step, so such a step is skipped (as AMP's scaler
-        # does). The check syncs once per step, after backward, where it costs little.
+        # does). The flag stays on the device: a fused optimizer skips the step itself, so the
+        # host never waits for the GPU and can queue the next steps' kernels meanwhile.
         grad_norm = nn.utils.clip_grad_norm_(model.parameters(),
                                              grad_clip if grad_clip > 0 else math.inf)
-        if torch.isfinite(grad_norm):
-            optimizer.step()
-        else:
-            skipped += 1
+        found_inf = (~torch.isfinite(grad_norm)).float()
+        skip_on_device_step(optimizer, found_inf)
+        skipped += found_inf.long()
         scheduler.step()
         if ema is not None:
             ema.update(_unwrap(model))
@@ -118,10 +129,32 @@ def train_one_epoch(model: nn.Module, batches: Iterable, *, n_steps: int, optimi
             step_hook(step)
     bar.close()
     mean_loss = float(total_loss.item()) / max(1, n_images)
+    skipped = int(skipped.item())
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     return {"train_loss": mean_loss, "images": n_images, "skipped_steps": skipped,
             "seconds": time.perf_counter() - start}
+
+
+def make_optimizer(params, *, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    """AdamW with the fused kernel: one launch per step, and it can skip a step on the device."""
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=True)
+
+
+def skip_on_device_step(optimizer: torch.optim.Optimizer, found_inf: torch.Tensor) -> None:
+    """``optimizer.step()``, a no-op where ``found_inf`` (a 0-dim float tensor) is 1.
+
+    Fused Adam/AdamW read the flag inside their kernel, as they do under AMP's GradScaler; any
+    other optimizer gets the flag checked on the host (one sync per step).
+    """
+    if getattr(optimizer, "_step_supports_amp_scaling", False):
+        optimizer.found_inf = found_inf
+        try:
+            optimizer.step()
+        finally:
+            del optimizer.found_inf
+    elif not bool(found_inf.item()):
+        optimizer.step()
 
 
 @torch.no_grad()
@@ -143,11 +176,8 @@ def recalibrate_bn(model: nn.Module, batches: Iterable, *, subtract: float, devi
         m.momentum = None
     model.train()
     for x, _ in batches:
-        x = x - subtract
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
         with autocast(device, amp):
-            model(x)
+            model(model_layout(x - subtract, channels_last))
     for m, momentum in zip(norms, saved):
         m.momentum = momentum
     return model.eval()
@@ -170,8 +200,7 @@ def predict_probs(model: nn.Module, images: torch.Tensor, *, subtract: float,
         views = _d4_views(x) if tta else [x]
         probs = 0
         for v in views:
-            if channels_last:
-                v = v.contiguous(memory_format=torch.channels_last)
+            v = model_layout(v, channels_last)
             with autocast(device, amp):
                 probs = probs + model(v).float().softmax(1)
         out.append((probs / len(views)).cpu())

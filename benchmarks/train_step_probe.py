@@ -1,0 +1,136 @@
+"""Where a training step's time goes: darklens' own epoch loop, one setting at a time.
+
+Each variant builds the model, the fused AdamW, EMA and D4 batches from a device-resident split
+exactly as ``darklens train`` does, runs a few warm-up steps (this is where ``torch.compile``
+compiles), then times ``training.loop.train_one_epoch`` over ``--steps`` steps. Random images
+(uniform in [0, 1], never zeros) stand in for data: speed does not depend on pixel values.
+
+    python benchmarks/train_step_probe.py --steps 20 \\
+        --variants "eager:amp=bf16,cl=1" "bench:amp=bf16,cl=1,bench=1" \\
+        --profile bench --out probe.json --profile-out profile.txt
+
+Keys of a variant (``name:key=value,...``): ``model`` (densenet_cbam), ``kwargs`` (YAML model
+kwargs, default ``{seed_exact: true}``), ``amp`` (bf16|none), ``cl`` (channels_last 0|1),
+``bench`` (cudnn.benchmark 0|1), ``compile`` (off|default|reduce-overhead|max-autotune-no-cudagraphs),
+``batch`` (256), ``sync`` (1: wait for the GPU after every step, as darklens did before its
+non-finite check moved onto the device), ``ema`` (0.998; 0 disables).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import sys
+import time
+
+import torch
+import yaml
+
+from darklens.models import create_model
+from darklens.training import data as tdata
+from darklens.training import loop
+
+DEFAULTS = dict(model="densenet_cbam", kwargs="{seed_exact: true}", amp="bf16", cl="1",
+                bench="0", compile="off", batch="256", sync="0", ema="0.998")
+
+
+def parse_variant(text: str) -> tuple[str, dict]:
+    name, _, spec = text.partition(":")
+    v = dict(DEFAULTS)
+    for item in filter(None, spec.split(",")):
+        key, _, value = item.partition("=")
+        if key not in DEFAULTS:
+            raise SystemExit(f"variant {name}: unknown key {key!r} (known: {', '.join(DEFAULTS)})")
+        v[key] = value
+    return name, v
+
+
+def run_variant(name: str, v: dict, steps: int, warmup: int, profile_path: str | None,
+                dev: torch.device) -> dict:
+    torch.backends.cudnn.benchmark = v["bench"] == "1"
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    batch = int(v["batch"])
+    cl = v["cl"] == "1"
+    n_images = max(min(4096, 4 * batch), batch * max(steps, warmup))
+    split = tdata.ArraySplit(torch.rand(n_images, 1, 150, 150, device=dev),
+                             torch.randint(0, 3, (n_images,), device=dev))
+    net = create_model(v["model"], **(yaml.safe_load(v["kwargs"]) or {})).to(dev)
+    if cl:
+        net = net.to(memory_format=torch.channels_last)
+    opt = loop.make_optimizer(net.parameters(), lr=1e-3, weight_decay=0.05)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)
+    ema = loop.EMA(net, float(v["ema"])) if float(v["ema"]) > 0 else None
+    train_net = net if v["compile"] == "off" else torch.compile(
+        net, mode=None if v["compile"] == "default" else v["compile"])
+    hook = (lambda step: torch.cuda.synchronize()) if v["sync"] == "1" and dev.type == "cuda" else None
+
+    def epoch(index: int, n: int, **extra) -> dict:
+        batches = tdata.array_batches(split, batch_size=batch, seed=0, epoch=index, augment="d4")
+        return loop.train_one_epoch(
+            train_net, itertools.islice(batches, n), n_steps=n, optimizer=opt, scheduler=sched,
+            loss_fn=loop.make_loss(0.1), subtract=0.5, device=dev, amp=v["amp"],
+            channels_last=cl, ema=ema, grad_clip=1.0, desc=name, show_progress=False,
+            step_hook=hook, **extra)
+
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    warm = epoch(0, warmup)
+    warm_s = time.perf_counter() - t0
+    timed = [epoch(1 + r, steps) for r in range(2)]
+    best = min(timed, key=lambda s: s["seconds"])
+    row = {"variant": name, **v, "warmup_s": round(warm_s, 1),
+           "img_per_s": round(best["images"] / best["seconds"], 1),
+           "img_per_s_runs": [round(s["images"] / s["seconds"], 1) for s in timed],
+           "skipped_steps": sum(s["skipped_steps"] for s in [warm, *timed]),
+           "steps": warmup + 2 * steps,
+           "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if dev.type == "cuda" else None}
+    print(json.dumps(row), flush=True)
+    if profile_path:
+        from torch.profiler import ProfilerActivity, profile
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            epoch(9, 3)
+        table = prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=40,
+                                          max_name_column_width=90)
+        with open(profile_path, "a") as f:
+            f.write(f"\n===== {name} {v} =====\n{table}\n")
+        row["profile"] = profile_path
+    return row
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--variants", nargs="+", required=True)
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--profile", nargs="*", default=[], help="variant names to profile")
+    ap.add_argument("--profile-out", default="train_step_profile.txt")
+    ap.add_argument("--out", default=None)
+    ap.add_argument("--device", default="cuda", help="cpu: a smoke run of the script itself")
+    a = ap.parse_args()
+    rows = []
+    for text in a.variants:
+        name, v = parse_variant(text)
+        try:
+            rows.append(run_variant(name, v, a.steps, a.warmup,
+                                    a.profile_out if name in a.profile else None,
+                                    torch.device(a.device)))
+        except Exception as e:  # one broken setting must not cost the others
+            print(json.dumps({"variant": name, **v, "error": f"{type(e).__name__}: {e}"[:500]}),
+                  flush=True)
+            rows.append({"variant": name, **v, "error": f"{type(e).__name__}: {e}"[:2000]})
+        if a.out:
+            with open(a.out, "w") as f:
+                json.dump({"date": time.strftime("%Y-%m-%d"), "command": " ".join(sys.argv),
+                           "torch": torch.__version__, "card": torch.cuda.get_device_name() if a.device == "cuda" else "cpu",
+                           "rows": rows}, f, indent=2)
+    print(f"\n{'variant':<16}{'img/s':>10}{'warm s':>8}{'skipped':>9}{'GiB':>7}")
+    for r in rows:
+        print(f"{r['variant']:<16}{r.get('img_per_s', 'ERR'):>10}{r.get('warmup_s', '-'):>8}"
+              f"{r.get('skipped_steps', '-'):>9}{str(r.get('peak_gib', '-')):>7}")
+
+
+if __name__ == "__main__":
+    main()
