@@ -506,7 +506,13 @@ def run_darklens(data: Path, out: Path, model: str, recipe: str, extra: list[str
     rows = read_metrics(out / "metrics.csv")
     if proc["returncode"] != 0 and not rows:
         raise SystemExit(f"darklens train failed ({proc['returncode']}): {' '.join(cmd)}")
-    return {"command": " ".join(["darklens", *cmd[3:]]), "rows": rows,
+    import yaml
+
+    try:  # whether torch.compile was really used (it falls back to eager with a warning)
+        compiled = yaml.safe_load((out / "config.yaml").read_text()).get("compiled")
+    except (OSError, AttributeError, yaml.YAMLError):
+        compiled = None
+    return {"command": " ".join(["darklens", *cmd[3:]]), "rows": rows, "compiled": compiled,
             "process_wall_s": proc["wall_s"], "returncode": proc["returncode"]}
 
 

@@ -143,6 +143,7 @@ def test_seed_recipe_is_the_notebooks():
         3e-4, 1e-5, 64, 20, 3.0)
     assert c.label_smoothing == 0.1 and c.plain_ce_during_warmup and c.subtract == 0.5
     assert c.augment == "none" and c.amp == "none" and c.ema_decay == 0
+    assert not c.fused_optimizer  # torch's default AdamW, as the notebook
 
 
 _KILLED_RUN = textwrap.dedent("""
@@ -258,3 +259,23 @@ def test_model_layout_gives_every_batch_one_stride_pattern():
         b = loop.model_layout(augmented, channels_last)
         assert a.stride() == b.stride()
         assert torch.equal(a, trial) and torch.equal(b, augmented)
+
+
+def test_fused_optimizer_resumed_from_a_non_fused_run_still_skips():
+    """--resume of a run saved before the fused optimizer: the loaded state is not fused."""
+    torch.manual_seed(0)
+    net = torch.nn.Linear(4, 3)
+    old = torch.optim.AdamW(net.parameters(), lr=0.1)
+    torch.nn.functional.cross_entropy(net(torch.rand(8, 4)), torch.randint(0, 3, (8,))).backward()
+    old.step()
+    opt = loop.make_optimizer(net.parameters(), lr=0.1, weight_decay=0.01)
+    opt.load_state_dict(old.state_dict())
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)
+    before = [p.detach().clone() for p in net.parameters()]
+    stats = loop.train_one_epoch(
+        net, [(torch.rand(8, 4), torch.randint(0, 3, (8,)))], n_steps=1, optimizer=opt,
+        scheduler=sched, loss_fn=lambda logits, y: logits.sum() * float("nan"), subtract=0.0,
+        device=torch.device("cpu"), amp="none", channels_last=False, ema=None, grad_clip=1.0,
+        desc="", show_progress=False)
+    assert stats["skipped_steps"] == 1
+    assert all(torch.equal(p, q) for p, q in zip(net.parameters(), before))

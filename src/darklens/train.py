@@ -54,6 +54,7 @@ class TrainConfig:
     # torch.compile the training forward: "auto" = on CUDA only (1.5x on an H100, ~45 s to
     # compile, benchmarks/train_step_probe.py), "on" = also on the CPU, "off" = never
     compile: str = "auto"
+    fused_optimizer: bool = True  # fused AdamW kernel (False: torch's default, the notebook's)
     ema_decay: float = 0.998  # 0 disables EMA
     bn_recalib_batches: int = 16  # re-estimate BN statistics before each validation (0: off)
     tta_val: bool = False  # average the 8 D4 views when validating
@@ -72,7 +73,7 @@ RECIPES: dict[str, dict[str, Any]] = {
     "fast": {},
     "seed": dict(epochs=20, batch_size=64, lr=3e-4, weight_decay=1e-5, warmup_epochs=3.0,
                  label_smoothing=0.1, plain_ce_during_warmup=True, augment="none", amp="none",
-                 channels_last=False, compile="off", ema_decay=0.0, tta_val=False, grad_clip=0.0,
+                 channels_last=False, compile="off", fused_optimizer=False, ema_decay=0.0, tta_val=False, grad_clip=0.0,
                  bn_recalib_batches=0),
 }
 
@@ -265,7 +266,8 @@ def _train(data: str, *, run: Path, dev: torch.device, dist_info: distributed.Di
     if config.channels_last:
         net = net.to(memory_format=torch.channels_last)
     optimizer = loop.make_optimizer(net.parameters(), lr=config.lr,
-                                    weight_decay=config.weight_decay)
+                                    weight_decay=config.weight_decay,
+                                    fused=config.fused_optimizer)
     warmup_steps = int(round(config.warmup_epochs * n_steps))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, loop.cosine_with_warmup(warmup_steps, config.epochs * n_steps))
@@ -291,11 +293,13 @@ def _train(data: str, *, run: Path, dev: torch.device, dist_info: distributed.Di
     if dist_info.enabled:
         train_net = torch.nn.parallel.DistributedDataParallel(
             net, device_ids=[dev.index] if dev.type == "cuda" else None)
+    compiled = False
     if config.compile == "on" or (config.compile == "auto" and dev.type == "cuda"):
-        train_net = _try_compile(train_net, dev, config, rank_batch, input_size)
+        train_net, compiled = _try_compile(train_net, dev, config, rank_batch, input_size,
+                                           dist_info)
 
     resolved = {**to_dict(config), "data": str(data), "world_size": world, "device": str(dev),
-                "data_info": data_info}
+                "compiled": compiled, "data_info": data_info}
     # Training starts: only now does the run folder appear (a refused run leaves nothing).
     run.mkdir(parents=True, exist_ok=True)
     if dist_info.is_main:
@@ -418,7 +422,8 @@ def _summary(row: dict) -> str:
 
 
 def _try_compile(train_net: torch.nn.Module, dev: torch.device, config: TrainConfig,
-                 rank_batch: int, input_size: list[int]) -> torch.nn.Module:
+                 rank_batch: int, input_size: list[int],
+                 dist_info: distributed.DistInfo) -> tuple[torch.nn.Module, bool]:
     """torch.compile the training forward, checked on one dummy step; eager if that fails.
 
     The trial step runs forward and backward through the compiled and the eager module on the
@@ -426,7 +431,8 @@ def _try_compile(train_net: torch.nn.Module, dev: torch.device, config: TrainCon
     it leaves the weights untouched). A compile error, a non-finite gradient or outputs that
     disagree with eager mean eager training: on an H200 (torch 2.11, bf16) the compiled
     densenet_cbam gave non-finite gradients at every step, which a run must not find out by
-    diverging.
+    diverging. Under DDP the ranks agree: one rank's failure makes every rank train eagerly.
+    Returns the module to train and whether it is the compiled one (config.yaml records it).
     """
     compiled = torch.compile(train_net)
     buffers = {k: v.clone() for k, v in train_net.state_dict().items()}
@@ -461,7 +467,8 @@ def _try_compile(train_net: torch.nn.Module, dev: torch.device, config: TrainCon
         for p in params:
             p.grad = None
         train_net.load_state_dict(buffers)
-    if problem is not None:
+    if distributed.any_rank(problem is not None, dist_info, dev):
+        problem = problem or "failed on another rank"
         warnings.warn(f"torch.compile rejected ({problem}); training eagerly", stacklevel=2)
-        return train_net
-    return compiled
+        return train_net, False
+    return compiled, True

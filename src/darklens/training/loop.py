@@ -136,18 +136,27 @@ def train_one_epoch(model: nn.Module, batches: Iterable, *, n_steps: int, optimi
             "seconds": time.perf_counter() - start}
 
 
-def make_optimizer(params, *, lr: float, weight_decay: float) -> torch.optim.Optimizer:
-    """AdamW with the fused kernel: one launch per step, and it can skip a step on the device."""
-    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=True)
+def make_optimizer(params, *, lr: float, weight_decay: float,
+                   fused: bool = True) -> torch.optim.Optimizer:
+    """AdamW; fused: one kernel per step, which can also skip a step on the device.
+
+    ``fused=False`` is torch's default implementation, the seed notebook's (the two differ in
+    rounding, so only that one follows the notebook's trajectory).
+    """
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay,
+                             fused=True if fused else None)
 
 
 def skip_on_device_step(optimizer: torch.optim.Optimizer, found_inf: torch.Tensor) -> None:
     """``optimizer.step()``, a no-op where ``found_inf`` (a 0-dim float tensor) is 1.
 
     Fused Adam/AdamW read the flag inside their kernel, as they do under AMP's GradScaler; any
-    other optimizer gets the flag checked on the host (one sync per step).
+    other optimizer gets the flag checked on the host (one sync per step). An optimizer built
+    fused whose state came from a non-fused run (``--resume`` of an older run) is not fused any
+    more: ``load_state_dict`` restores the saved ``fused`` setting with the param groups.
     """
-    if getattr(optimizer, "_step_supports_amp_scaling", False):
+    fused = all(group.get("fused") for group in optimizer.param_groups)
+    if fused and getattr(optimizer, "_step_supports_amp_scaling", False):
         optimizer.found_inf = found_inf
         try:
             optimizer.step()
