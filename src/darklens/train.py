@@ -73,8 +73,8 @@ RECIPES: dict[str, dict[str, Any]] = {
     "fast": {},
     "seed": dict(epochs=20, batch_size=64, lr=3e-4, weight_decay=1e-5, warmup_epochs=3.0,
                  label_smoothing=0.1, plain_ce_during_warmup=True, augment="none", amp="none",
-                 channels_last=False, compile="off", fused_optimizer=False, ema_decay=0.0, tta_val=False, grad_clip=0.0,
-                 bn_recalib_batches=0),
+                 channels_last=False, compile="off", fused_optimizer=False, ema_decay=0.0,
+                 tta_val=False, grad_clip=0.0, bn_recalib_batches=0),
 }
 
 

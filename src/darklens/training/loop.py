@@ -150,13 +150,13 @@ def make_optimizer(params, *, lr: float, weight_decay: float,
 def skip_on_device_step(optimizer: torch.optim.Optimizer, found_inf: torch.Tensor) -> None:
     """``optimizer.step()``, a no-op where ``found_inf`` (a 0-dim float tensor) is 1.
 
-    Fused Adam/AdamW read the flag inside their kernel, as they do under AMP's GradScaler; any
-    other optimizer gets the flag checked on the host (one sync per step). An optimizer built
-    fused whose state came from a non-fused run (``--resume`` of an older run) is not fused any
-    more: ``load_state_dict`` restores the saved ``fused`` setting with the param groups.
+    torch's fused optimizers read the flag inside their kernel, as they do under AMP's
+    GradScaler; any other optimizer gets the flag checked on the host (one sync per step). The
+    param groups say whether it is fused: an optimizer built fused whose state came from a
+    non-fused run (``--resume`` of an older run) is not, since ``load_state_dict`` restores the
+    saved ``fused`` setting with them.
     """
-    fused = all(group.get("fused") for group in optimizer.param_groups)
-    if fused and getattr(optimizer, "_step_supports_amp_scaling", False):
+    if all(group.get("fused") for group in optimizer.param_groups):
         optimizer.found_inf = found_inf
         try:
             optimizer.step()
