@@ -182,6 +182,7 @@ class Slots:
     device: str  # "cuda" or "cpu": passed to darklens as --device
     n: int
     free: list = field(default_factory=list)
+    per_gpu: int = 1  # jobs sharing one GPU (accuracy runs only: speed figures need a GPU alone)
 
     def env(self, ids: list[int]) -> dict:
         """Environment of a job on slots ``ids``: its GPUs, and CPU threads per process.
@@ -192,10 +193,11 @@ class Slots:
         threads = str(max(1, (os.cpu_count() or 1) // self.n))
         if self.device == "cpu":
             return {"CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": threads}
-        return {"CUDA_VISIBLE_DEVICES": ",".join(map(str, ids)), "OMP_NUM_THREADS": threads}
+        gpus = sorted({i // self.per_gpu for i in ids})
+        return {"CUDA_VISIBLE_DEVICES": ",".join(map(str, gpus)), "OMP_NUM_THREADS": threads}
 
 
-def make_slots(device: str, n: int) -> Slots:
+def make_slots(device: str, n: int, per_gpu: int = 1) -> Slots:
     if device == "auto":
         import torch
 
@@ -206,7 +208,7 @@ def make_slots(device: str, n: int) -> Slots:
         have = torch.cuda.device_count()
         if have < n:
             raise SystemExit(f"--gpus {n}: only {have} CUDA devices visible")
-    return Slots(device=device, n=n)
+    return Slots(device=device, n=n * per_gpu, per_gpu=per_gpu)
 
 
 def run_pool(jobs: list, slots: Slots, work) -> None:
@@ -247,23 +249,31 @@ def train_args(run: Path, extra: list[str], minutes: float) -> list[str]:
 
 # --- stage: accuracy -----------------------------------------------------------------------
 
-def parse_models(text: str, default_epochs: int) -> list[tuple[str, int, str]]:
+def parse_models(text: str, default_epochs: int) -> list[tuple[str, int, str, str]]:
+    """``name:epochs[:recipe[:train]]`` items; train ``sim`` trains on fresh simulated images."""
     specs = []
     for spec in text.split(","):
-        name, epochs, recipe = (spec.split(":") + ["", ""])[:3]
-        specs.append((name, int(epochs or default_epochs), recipe or "fast"))
+        name, epochs, recipe, train = (spec.split(":") + ["", "", ""])[:4]
+        if train not in ("", "data", "sim"):
+            raise SystemExit(f"--models {spec}: the 4th field is 'data' or 'sim', not {train!r}")
+        specs.append((name, int(epochs or default_epochs), recipe or "fast", train or "data"))
     return specs
 
 
 def accuracy_job(a, slots: Slots, spec, slot: int, result: dict) -> None:
-    name, epochs, recipe = spec
-    key = f"{name}-{recipe}"
+    name, epochs, recipe, train_on = spec
+    key = f"{name}-{recipe}" + ("-sim" if train_on == "sim" else "")
     run = a.runs / key
     run.mkdir(parents=True, exist_ok=True)
     log = run / "log.txt"
     env = slots.env([slot])
+    # "sim": fresh images of the data's own preset every step (the data's simulator overrides
+    # too); validation on a fixed simulated set; the test split of --data scores it like the rest
+    train_data = str(a.data)
+    if train_on == "sim":
+        train_data = f"sim:{result['data'].get('preset', 'model_a')}"
     entry = {"model": name, "recipe": recipe, "epochs_requested": epochs, "slot": slot,
-             "run": str(run), "log": str(log)}
+             "train_data": train_data, "run": str(run), "log": str(log)}
     minutes = min(a.job_minutes, (remaining_s(a) - 60 * a.eval_minutes) / 60 - 1)
     with _lock:
         result["models"][key] = {**entry, "status": "running"}
@@ -274,7 +284,10 @@ def accuracy_job(a, slots: Slots, spec, slot: int, result: dict) -> None:
         extra = ["--epochs", str(epochs)]
         for item in a.set or []:
             extra += ["--set", item]
-        cmd = darklens_cmd("train", str(a.data), "--model", name, "--out", str(run), "--recipe",
+        sim_set = result["data"].get("sim_set") or []
+        if train_on == "sim" and sim_set:
+            extra += ["--set", f"sim_set={json.dumps(sim_set)}"]  # quoted: items hold commas
+        cmd = darklens_cmd("train", train_data, "--model", name, "--out", str(run), "--recipe",
                            recipe, "--device", slots.device, *train_args(run, extra, minutes))
         tr = run_limited(cmd, env=env, log=log, limit_s=60 * (minutes + 1))
         entry.update(command=" ".join(["darklens", *cmd[3:]]), train_returncode=tr["returncode"],
@@ -342,8 +355,9 @@ def accuracy_table(result: dict) -> str:
     for e in result["models"].values():
         ci = e.get("test_macro_auc_ci95")
         ci_text = f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""
+        recipe = e["recipe"] + (" (sim)" if e.get("train_data", "").startswith("sim:") else "")
         lines.append(
-            f"| {e['model']} | {e['recipe']} | {f(e.get('params'), '{:,}')} | "
+            f"| {e['model']} | {recipe} | {f(e.get('params'), '{:,}')} | "
             f"{e.get('epochs_done', 0)}/{e['epochs_requested']} | {f(e.get('val_accuracy'))} | "
             f"{f(e.get('val_macro_auc'))} | {f(e.get('test_accuracy'))} | "
             f"{f(e.get('test_macro_auc'))}{ci_text} | {f(e.get('test_micro_auc'))} | "
@@ -356,8 +370,9 @@ def stage_accuracy(a: argparse.Namespace, result: dict) -> None:
     if not (a.data / a.eval_split).is_dir():
         raise SystemExit(f"{a.data}: no {a.eval_split}/ split to evaluate on; simulate one "
                          "(--stage simulate --test K) or pass --eval-split val")
-    slots = make_slots(a.device, a.gpus)
-    result.update(gpus=a.gpus, slot_device=slots.device, job_minutes=a.job_minutes, models={})
+    slots = make_slots(a.device, a.gpus, a.jobs_per_gpu)
+    result.update(gpus=a.gpus, jobs_per_gpu=a.jobs_per_gpu, slot_device=slots.device,
+                  job_minutes=a.job_minutes, models={})
     write_json(a.json, result)
     _on_interrupt.append(lambda: _record_interrupted(a, result))
     specs = parse_models(a.models, a.fast_epochs)
@@ -477,15 +492,18 @@ def stage_simulate(a: argparse.Namespace, result: dict) -> None:
 
 # --- stage: speed (one GPU, sequential) ----------------------------------------------------
 
-def simulate(data: Path, n_train: int, n_val: int, n_test: int, seed: int) -> float:
+def simulate(data: Path, n_train: int, n_val: int, n_test: int, seed: int,
+             sim_set: list[str] | None = None) -> float:
     """Write the model_a set with the project's simulator; returns seconds (0 if present)."""
     if (data / "val").is_dir():
         return 0.0
+    from darklens.config import parse_set_args
     from darklens.sim import simulate_dataset
 
     t = time.perf_counter()
     simulate_dataset(data, preset="model_a", n_train=n_train, n_val=n_val, n_test=n_test,
-                     seed=seed, device="auto", progress=False)
+                     seed=seed, device="auto", progress=False,
+                     overrides=parse_set_args(sim_set or []))
     return time.perf_counter() - t
 
 
@@ -576,6 +594,22 @@ def stage_speed(a: argparse.Namespace, result: dict) -> None:
 
 # --- main ----------------------------------------------------------------------------------
 
+def sim_overrides(preset: str, config: dict) -> list[str]:
+    """``KEY=VALUE`` items that turn ``preset`` into the simulator config a dataset recorded
+    (so training on ``sim:PRESET`` draws from the same population as the data's test split)."""
+    from darklens.config import to_dict
+    from darklens.sim.presets import get_config
+
+    base = to_dict(get_config(preset))
+    items = []
+    for key, value in config.items():
+        if key == "preset" or key not in base or value == base[key]:
+            continue
+        text = ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+        items.append(f"{key}={text}")
+    return items
+
+
 def _data_record(data: Path, fallback: dict) -> dict:
     """What the data really is (its simulate config.yaml), not what the flags said it would be:
     an existing folder is reused as it is, whatever --train/--seed say."""
@@ -586,7 +620,8 @@ def _data_record(data: Path, fallback: dict) -> dict:
         counts = cfg["images_per_class"]
         return {"path": str(data), "preset": cfg["preset"], "seed": cfg["seed"],
                 "n_train_per_class": counts["train"], "n_val_per_class": counts["val"],
-                "n_test_per_class": counts["test"]}
+                "n_test_per_class": counts["test"],
+                "sim_set": sim_overrides(cfg["preset"], cfg.get("config") or {})}
     except (OSError, KeyError, TypeError, ValueError):
         return {**fallback, "note": "no readable simulate config.yaml; values from the flags"}
 
@@ -606,6 +641,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                    help="cpu: --gpus / --gpu-counts become concurrent CPU processes")
     p.add_argument("--gpus", type=int, default=1, help="concurrent jobs (one GPU each)")
+    p.add_argument("--jobs-per-gpu", type=int, default=1,
+                   help="--stage accuracy: concurrent jobs sharing each GPU (their img/s is shared)")
     p.add_argument("--job-minutes", type=float, default=30.0,
                    help="wall limit per training job (killed 1 min after)")
     p.add_argument("--budget-min", type=float, default=0.0,
@@ -621,7 +658,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed-epochs", type=int, default=2)
     p.add_argument("--fast-eager-epochs", type=int, default=0,
                    help="--stage speed: also time the fast recipe with compile=off")
-    p.add_argument("--models", default="densenet_cbam", help="name:epochs[:recipe],...")
+    p.add_argument("--models", default="densenet_cbam",
+                   help="name:epochs[:recipe[:train]],...; train 'sim' = fresh simulated images")
     p.add_argument("--model", default="densenet_cbam", help="--stage ddp: the model")
     p.add_argument("--recipe", default="fast", choices=["fast", "seed"], help="--stage ddp")
     p.add_argument("--epochs", type=int, default=3, help="--stage ddp: epochs per run")
@@ -646,7 +684,8 @@ def main(argv: list[str] | None = None) -> None:
     if a.stage == "simulate":
         stage_simulate(a, result)
     else:
-        result["simulate_s"] = simulate(a.data, a.n_train, a.n_val, a.n_test, a.data_seed)
+        result["simulate_s"] = simulate(a.data, a.n_train, a.n_val, a.n_test, a.data_seed,
+                                        a.sim_set)
         result["pack_s"] = pack(a.data)
         result["data"] = _data_record(a.data, result["data"])
         {"speed": stage_speed, "accuracy": stage_accuracy, "ddp": stage_ddp}[a.stage](a, result)

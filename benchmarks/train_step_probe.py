@@ -13,7 +13,11 @@ Keys of a variant (``name:key=value,...``): ``model`` (densenet_cbam), ``kwargs`
 kwargs, default ``{seed_exact: true}``), ``amp`` (bf16|none), ``cl`` (channels_last 0|1),
 ``bench`` (cudnn.benchmark 0|1), ``compile`` (off|default|reduce-overhead|max-autotune-no-cudagraphs),
 ``batch`` (256), ``sync`` (1: wait for the GPU after every step, as darklens did before its
-non-finite check moved onto the device), ``ema`` (0.998; 0 disables).
+non-finite check moved onto the device), ``ema`` (0.998; 0 disables), ``prelu`` (how the
+model's PReLUs are computed, same weights and values: ``model`` = the model's own; ``module`` =
+torch's ``nn.PReLU``; ``where`` = ``torch.where`` with autograd's own weight gradient;
+``split`` = a custom backward that sums the weight gradient per sample first, then over the
+batch; the model's own splits it into many more rows, see ``models/densenet_cbam.py``).
 """
 
 from __future__ import annotations
@@ -32,7 +36,54 @@ from darklens.training import data as tdata
 from darklens.training import loop
 
 DEFAULTS = dict(model="densenet_cbam", kwargs="{seed_exact: true}", amp="bf16", cl="1",
-                bench="0", compile="off", batch="256", sync="0", ema="0.998")
+                bench="0", compile="off", batch="256", sync="0", ema="0.998", prelu="model")
+
+
+class WherePReLU(torch.nn.PReLU):
+    """``nn.PReLU`` written as ``torch.where``: autograd derives the weight gradient."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.weight.to(x.dtype).view(1, -1, *([1] * (x.dim() - 2))) if x.dim() > 1 else \
+            self.weight.to(x.dtype)
+        return torch.where(x > 0, x, x * w)
+
+
+class _SplitPReLUFn(torch.autograd.Function):
+    """Scalar-weight PReLU whose weight gradient is reduced per sample first, then over the
+    batch: the compiled step spent ~10 ms of 53 in inductor's one-pass scalar reductions."""
+
+    @staticmethod
+    def forward(ctx, x, weight):
+        ctx.save_for_backward(x, weight)
+        return torch.where(x > 0, x, x * weight.to(x.dtype))
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        grad_x = torch.where(x > 0, grad, grad * weight.to(grad.dtype))
+        prod = torch.where(x > 0, torch.zeros_like(grad), grad * x).float()
+        per_sample = prod.sum(dim=tuple(range(1, x.dim()))) if x.dim() > 1 else prod
+        return grad_x, per_sample.sum().reshape(weight.shape).to(weight.dtype)
+
+
+class SplitPReLU(torch.nn.PReLU):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.num_parameters != 1:
+            return super().forward(x)
+        return _SplitPReLUFn.apply(x, self.weight)
+
+
+PRELU = {"module": torch.nn.PReLU, "where": WherePReLU, "split": SplitPReLU}
+
+
+def swap_prelu(net: torch.nn.Module, impl: str) -> torch.nn.Module:
+    """Every ``nn.PReLU`` of ``net`` computed by ``PRELU[impl]`` (same parameters)."""
+    if impl == "model":
+        return net
+    for module in net.modules():
+        if isinstance(module, torch.nn.PReLU):
+            module.__class__ = PRELU[impl]
+    return net
 
 
 def parse_variant(text: str) -> tuple[str, dict]:
@@ -57,6 +108,7 @@ def run_variant(name: str, v: dict, steps: int, warmup: int, profile_path: str |
     split = tdata.ArraySplit(torch.rand(n_images, 1, 150, 150, device=dev),
                              torch.randint(0, 3, (n_images,), device=dev))
     net = create_model(v["model"], **(yaml.safe_load(v["kwargs"]) or {})).to(dev)
+    swap_prelu(net, v["prelu"])
     if cl:
         net = net.to(memory_format=torch.channels_last)
     opt = loop.make_optimizer(net.parameters(), lr=1e-3, weight_decay=0.05)

@@ -224,6 +224,49 @@ def test_spatial_attention_backward_matches_notebook_at_ties():
         assert torch.all(g[:, 2] == 0)
 
 
+@pytest.mark.parametrize("layout", ["channels_last", "contiguous", "flat"])
+def test_compiled_prelu_path_matches_torch_prelu(layout, monkeypatch):
+    # The path torch.compile takes (two-pass weight-gradient sum) against nn.PReLU itself,
+    # on every input layout the model produces (the 2-D one is the attention MLP's).
+    from darklens.models.densenet_cbam import PReLU
+
+    shape = (3, 4) if layout == "flat" else (3, 5, 7, 6)
+    x0 = torch.randn(*shape, generator=torch.Generator().manual_seed(0))
+    if layout == "channels_last":
+        x0 = x0.contiguous(memory_format=torch.channels_last)
+    upstream = torch.randn(*shape, generator=torch.Generator().manual_seed(1))
+    ref, ours = nn.PReLU(), PReLU()
+    ref.weight.data.fill_(0.3)
+    ours.weight.data.fill_(0.3)
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    results = []
+    for module in (ref, ours):
+        x = x0.clone().requires_grad_(True)
+        out = module(x)
+        (out * upstream).sum().backward()
+        results.append((out.detach(), x.grad, module.weight.grad))
+    for got, want in zip(results[1], results[0]):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    assert results[0][2].abs().item() > 1e-3  # the weight gradient is not trivially zero
+
+
+def test_densenet_cbam_prelus_take_the_compiled_path(monkeypatch):
+    from darklens.models import densenet_cbam as module
+
+    calls = []
+    original = module._ScalarPReLUFn.apply
+    monkeypatch.setattr(module._ScalarPReLUFn, "apply",
+                        lambda *a: calls.append(a[0].shape) or original(*a))
+    net = create_model("densenet_cbam_tiny")
+    net(torch.rand(2, 1, 24, 24))
+    assert calls == []  # eager: torch's own kernels
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    net(torch.rand(2, 1, 24, 24))
+    n_prelu = sum(isinstance(m, nn.PReLU) for m in net.modules())
+    n_mlp = sum(isinstance(m, module.ChannelAttention) for m in net.modules())  # runs twice
+    assert n_prelu > 0 and len(calls) == n_prelu + n_mlp
+
+
 def test_registry_errors_and_listing():
     assert "densenet_cbam" in list_models()
     assert list_models("densenet_cbam*") == ["densenet_cbam", "densenet_cbam_tiny"]

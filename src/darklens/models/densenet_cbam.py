@@ -19,6 +19,52 @@ from torch import nn
 from darklens.models.registry import register_model
 
 
+def _row_sums(t: torch.Tensor) -> torch.Tensor:
+    """Partial sums of ``t`` over rows of contiguous memory, many rows: the scalar sum's first
+    pass. Split this way, inductor reduces the batch's few hundred million values with one
+    program per row (tens of thousands in flight) instead of a few hundred long ones."""
+    if t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last):
+        n, c, h, w = t.shape
+        return t.permute(0, 2, 3, 1).reshape(n * h, w * c).sum(1)
+    if t.dim() >= 3 and t.is_contiguous():
+        return t.reshape(t.shape[0] * t.shape[1], -1).sum(1)
+    return t.reshape(1, -1).sum(1)
+
+
+class _ScalarPReLUFn(torch.autograd.Function):
+    """PReLU with one shared weight, its weight gradient reduced in two passes (``_row_sums``).
+
+    Inductor fused the weight-gradient reduction of each ``nn.PReLU`` into one kernel that
+    read the whole batch with a few hundred programs: ~8 of the ~48 ms of a compiled bf16
+    step at batch 256 (H200, benchmarks/results/train_step_profile_prelu_h200.txt).
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x, weight)
+        return torch.where(x > 0, x, x * weight.to(x.dtype))
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        x, weight = ctx.saved_tensors
+        positive = x > 0
+        grad_x = torch.where(positive, grad, grad * weight.to(grad.dtype))
+        grad_w = torch.where(positive, torch.zeros_like(grad), grad * x).float()
+        return grad_x, _row_sums(grad_w).sum().reshape(weight.shape).to(weight.dtype)
+
+
+class PReLU(nn.PReLU):
+    """``nn.PReLU`` (same parameter, same values); compiled, it takes ``_ScalarPReLUFn``.
+
+    Eager runs keep torch's own kernels, so the seed recipe stays the notebook's arithmetic.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.num_parameters == 1 and torch.compiler.is_compiling():
+            return _ScalarPReLUFn.apply(x, self.weight)
+        return super().forward(x)
+
+
 class DenseLayer(nn.Module):
     """BN-PReLU-conv1x1(pad 1)-BN-PReLU-conv3x3: keeps H, W; doubles the channels."""
 
@@ -27,10 +73,10 @@ class DenseLayer(nn.Module):
         # The 1x1 conv pads by 1 and the 3x3 conv pads by 0: the notebook's way to keep H, W.
         self.net = nn.Sequential(
             nn.BatchNorm2d(chans),
-            nn.PReLU(),
+            PReLU(),
             nn.Conv2d(chans, chans, kernel_size=1, padding=1, bias=False),
             nn.BatchNorm2d(chans),
-            nn.PReLU(),
+            PReLU(),
             nn.Conv2d(chans, chans * 2, kernel_size=3, bias=False),
         )
 
@@ -60,7 +106,7 @@ class ChannelAttention(nn.Module):
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.MLP = nn.Sequential(  # noqa: N815 (notebook name, kept for state_dict keys)
             nn.Linear(chans, hidden, bias=False),
-            nn.PReLU(),
+            PReLU(),
             nn.Linear(hidden, chans, bias=False),
         )
 
@@ -112,7 +158,7 @@ class TransitionLayer(nn.Module):
         super().__init__()
         self.transition = nn.Sequential(
             nn.BatchNorm2d(c_in),
-            nn.PReLU(),
+            PReLU(),
             nn.Conv2d(c_in, c_out, kernel_size=1, stride=1, bias=False),
             nn.AvgPool2d(kernel_size=2, stride=2),
         )
