@@ -1,0 +1,43 @@
+"""The training benchmark driver's own logic (no training): job specs, GPU sharing, and the
+simulator overrides that make ``sim:`` training draw from the scored dataset's population."""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from darklens.config import parse_set_args, to_dict
+from darklens.sim.presets import get_config
+
+_SPEC = importlib.util.spec_from_file_location(
+    "bench_train", Path(__file__).resolve().parents[1] / "benchmarks" / "train.py")
+bench = importlib.util.module_from_spec(_SPEC)
+sys.modules[_SPEC.name] = bench  # its dataclasses look their module up while being defined
+_SPEC.loader.exec_module(bench)
+
+
+def test_model_specs_take_an_optional_training_source():
+    assert bench.parse_models("resnet18:40,resnet18:24:fast:sim,densenet_cbam::seed", 12) == [
+        ("resnet18", 40, "fast", "data"), ("resnet18", 24, "fast", "sim"),
+        ("densenet_cbam", 12, "seed", "data")]
+    with pytest.raises(SystemExit, match="'data' or 'sim'"):
+        bench.parse_models("resnet18:4:fast:simulated", 12)
+
+
+def test_jobs_sharing_a_gpu_see_that_gpu():
+    slots = bench.Slots(device="cuda", n=4, per_gpu=2)
+    assert [slots.env([i])["CUDA_VISIBLE_DEVICES"] for i in range(4)] == ["0", "0", "1", "1"]
+    assert bench.Slots(device="cuda", n=2).env([1])["CUDA_VISIBLE_DEVICES"] == "1"
+
+
+def test_sim_overrides_rebuild_the_recorded_config():
+    recorded = to_dict(get_config("model_a", {"image_size": "32", "theta_E": "1.0,1.4",
+                                              "noise": "false"}))
+    items = bench.sim_overrides("model_a", recorded)
+    assert sorted(i.split("=")[0] for i in items) == ["image_size", "noise", "theta_E"]
+    # What a sim: job gets: the items through --set sim_set=<json>, then the train config's parse
+    rebuilt = get_config("model_a", parse_set_args(json.loads(json.dumps(items))))
+    assert to_dict(rebuilt) == recorded
+    assert bench.sim_overrides("model_a", to_dict(get_config("model_a"))) == []
