@@ -261,6 +261,41 @@ def test_cache_is_reused_and_invalidated(tmp_path, monkeypatch):
     np.testing.assert_array_equal(third.split("val").images[2], new[0])
 
 
+def test_concurrent_first_reads_build_the_cache_once(tmp_path):
+    """DDP ranks open a new dataset at the same time: one builds, the others wait and map it
+    (two builders used to swap folders under each other: "could not be read back")."""
+    import threading
+    import time
+
+    import darklens.data.cache as cache
+
+    root = write_split_layout(tmp_path / "d", per_class=2)
+    builds, results, errors = [], [], []
+    real_build = cache._build
+
+    def slow_build(*args, **kwargs):
+        builds.append(1)
+        time.sleep(0.5)  # both readers are past their first look before this one finishes
+        return real_build(*args, **kwargs)
+
+    def read():
+        try:
+            results.append(open_dataset(root).split("val").images.copy())
+        except Exception as e:  # noqa: BLE001 (reported by the assertion below)
+            errors.append(e)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(cache, "_build", slow_build)
+        threads = [threading.Thread(target=read) for _ in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=30)
+    assert errors == [] and len(results) == 2
+    assert len(builds) == 1
+    np.testing.assert_array_equal(results[0], results[1])
+
+
 def test_sha256_is_of_pixels(tmp_path):
     import hashlib
 

@@ -6,6 +6,7 @@ import csv
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -202,6 +203,29 @@ def test_ddp_two_cpu_processes_with_gloo(tiny_data, tmp_path):
     # 96 images, 16 per rank per step: 3 global steps of 32 -> every image seen exactly once.
     assert len(rows) == 1 and int(rows[0]["train_images"]) == 96
     assert (out / "best.safetensors").exists()
+
+
+@pytest.mark.parametrize("where", ["forward", "backward"])
+def test_ddp_compile_failing_on_one_rank_trains_eagerly_everywhere(tiny_data, tmp_path, where):
+    """The compile trial holds no collective a failing rank could skip: no rank hangs."""
+    out = tmp_path / f"ddp-{where}"
+    script = Path(__file__).parent / "scripts" / "ddp_compile_fault.py"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+           "--master_port", "29534", str(script), str(tiny_data), str(out), where]
+    # Its own session, so a hang (the failure this test looks for) leaves no workers behind.
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"}, start_new_session=True)
+    try:
+        _, stderr = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        pytest.fail("a rank hung in the compile trial")
+    assert proc.returncode == 0, stderr[-3000:]
+    assert f"inductor exploded in the {where}" in stderr  # rank 0's own reason
+    assert "failed on another rank" in stderr  # rank 1 followed it
+    assert yaml.safe_load((out / "config.yaml").read_text())["compiled"] is False
+    assert len(read_rows(out)) == 1
 
 
 @pytest.mark.slow

@@ -14,6 +14,7 @@ Outputs in RUN: ``config.yaml`` (resolved config + seed), ``metrics.csv`` (one r
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
@@ -421,6 +422,28 @@ def _summary(row: dict) -> str:
             f"auc_macro {row['auc_macro']:.4f} ({row['train_images_per_s']:.0f} img/s)")
 
 
+@contextlib.contextmanager
+def _rank_local(train_net: torch.nn.Module):
+    """No collective inside: DDP neither all-reduces gradients nor broadcasts buffers.
+
+    A rank whose compiled trial step raises skips the rest of that step; had the step held a
+    collective, the other ranks would wait in it forever (tests/scripts/ddp_compile_fault.py).
+    Gradients stay rank-local, which is what the compiled-vs-eager comparison wants anyway.
+    """
+    if not isinstance(train_net, torch.nn.parallel.DistributedDataParallel):
+        yield
+        return
+    # A forward under no_sync() also clears require_forward_param_sync, which would skip the
+    # buffer broadcast of the first real step on the ranks that ran the trial, and only there.
+    saved = train_net.broadcast_buffers, train_net.require_forward_param_sync
+    train_net.broadcast_buffers = False
+    try:
+        with train_net.no_sync():
+            yield
+    finally:
+        train_net.broadcast_buffers, train_net.require_forward_param_sync = saved
+
+
 def _try_compile(train_net: torch.nn.Module, dev: torch.device, config: TrainConfig,
                  rank_batch: int, input_size: list[int],
                  dist_info: distributed.DistInfo) -> tuple[torch.nn.Module, bool]:
@@ -451,19 +474,25 @@ def _try_compile(train_net: torch.nn.Module, dev: torch.device, config: TrainCon
         return out.detach(), grads
 
     problem = None
-    try:
-        train_net.train()
-        got, got_grads = forward_backward(compiled)
-        want, _ = forward_backward(train_net)
-        if not torch.isfinite(got).all():
-            problem = "non-finite outputs"
-        elif any(g is not None and not torch.isfinite(g).all() for g in got_grads):
-            problem = "non-finite gradients"
-        elif not torch.allclose(got, want, rtol=0.1, atol=0.1 * float(want.abs().max()) + 1e-3):
-            problem = f"outputs differ from eager by {float((got - want).abs().max()):.3g}"
-    except Exception as e:  # compile problems must not cost the run: fall back to eager
-        problem = f"{type(e).__name__}: {e}"
-    finally:
+    with _rank_local(train_net):
+        try:
+            train_net.train()
+            got, got_grads = forward_backward(compiled)
+        except Exception as e:  # compile problems must not cost the run: fall back to eager
+            problem = f"{type(e).__name__}: {e}"
+        # Every rank gets here, whichever step failed, so this collective always pairs up.
+        if not distributed.any_rank(problem is not None, dist_info, dev):
+            try:
+                want, _ = forward_backward(train_net)
+                if not torch.isfinite(got).all():
+                    problem = "non-finite outputs"
+                elif any(g is not None and not torch.isfinite(g).all() for g in got_grads):
+                    problem = "non-finite gradients"
+                elif not torch.allclose(got, want, rtol=0.1,
+                                        atol=0.1 * float(want.abs().max()) + 1e-3):
+                    problem = f"outputs differ from eager by {float((got - want).abs().max()):.3g}"
+            except Exception as e:
+                problem = f"{type(e).__name__}: {e}"
         for p in params:
             p.grad = None
         train_net.load_state_dict(buffers)

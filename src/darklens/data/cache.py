@@ -11,6 +11,7 @@ Location: ``$DARKLENS_CACHE/packed`` (default ``~/.cache/darklens/packed``).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -78,11 +79,33 @@ def load_or_build(
     key = fingerprint(listing, allow_pickle)
     packed = _open(directory, key)
     if packed is None:
-        _build(listing, allow_pickle, directory, key, progress)
-        packed = _open(directory, key)
+        # One builder per slot: DDP ranks (torchrun) all open the same new dataset at once, and
+        # a second builder's swap would delete the first one's copy while it is being read.
+        base.mkdir(parents=True, exist_ok=True)
+        with _exclusive(base / f"{slot}.lock"):
+            packed = _open(directory, key)  # built by whoever held the lock before us
+            if packed is None:
+                _build(listing, allow_pickle, directory, key, progress)
+                packed = _open(directory, key)
         if packed is None:
             raise DarklensError(f"{directory}: packed cache could not be read back after writing")
     return packed
+
+
+@contextlib.contextmanager
+def _exclusive(lock_path: Path):
+    """An advisory lock between processes of this machine (none where fcntl is missing)."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: builders may race; the swap in _build then keeps one copy
+        yield
+        return
+    with open(lock_path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _open(directory: Path, key: str) -> Packed | None:
