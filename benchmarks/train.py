@@ -27,10 +27,13 @@ Stages (``--stage``):
 * ``speed``: the notebook pipeline (``benchmarks/notebook_pipeline.py``: per-file loading,
   4 workers, fp32, batch 64) against ``darklens train --recipe fast`` and ``--recipe seed`` on one
   GPU; images/s, ``train_speedup_vs_notebook`` and time to the notebook's final val accuracy.
-* ``accuracy``: ``--models`` (``name:epochs[:recipe]``, recipe default ``fast``) trained
+* ``accuracy``: ``--models`` (``name:epochs[:recipe[:train]]``, recipe default ``fast``) trained
   concurrently, one job per GPU (``CUDA_VISIBLE_DEVICES``; a queue when there are more jobs than
-  GPUs), each in ``RUNS/<name>-<recipe>`` with its log there, under ``--job-minutes``; then
-  ``darklens evaluate RUN DATA --split test`` on the same GPU. ``model_a_accuracy`` /
+  GPUs; ``--jobs-per-gpu K`` runs K jobs on each GPU, for accuracy only: they share its speed),
+  each in ``RUNS/<name>-<recipe>[-sim]`` with its log there, under ``--job-minutes``; then
+  ``darklens evaluate RUN DATA --split test`` on the same GPU. ``train`` = ``sim`` trains on
+  fresh images of DATA's own preset and simulator settings (``darklens train sim:PRESET``)
+  instead of DATA's train split; the test split scores it like the rest. ``model_a_accuracy`` /
   ``model_a_macro_auc`` are those of the best model by test macro AUC.
 * ``ddp``: ``torchrun --standalone --nproc_per_node k`` for each k of ``--gpu-counts``; steady
   images/s, speed-up vs k=1, scaling efficiency and final val accuracy. ``darklens train``'s
