@@ -241,13 +241,17 @@ def darklens_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "darklens", *args]
 
 
-def train_args(run: Path, extra: list[str], minutes: float) -> list[str]:
+def train_args(run: Path, extra: list[str], minutes: float, fit_budget: bool = False) -> list[str]:
     """Resume an interrupted run in place (re-running the driver after a timeout continues it);
     otherwise a fresh one under an in-loop time limit."""
     if (run / "last.state.pt").exists():
         return ["--resume"]
     # The loop's clock starts after data loading/compile: leave it 30 s of the job's minutes.
-    return [*extra, "--set", f"time_limit_min={max(0.1, minutes - 0.5):.2f}"]
+    # budget_min fits the epochs (and so the cosine's end) to that time after epoch 1, so a
+    # slow model is not cut off at full learning rate; time_limit_min stays the hard stop.
+    limit = max(0.1, minutes - 0.5)
+    budget = ["--set", f"budget_min={limit:.2f}"] if fit_budget else []
+    return [*budget, *extra, "--set", f"time_limit_min={limit:.2f}"]
 
 
 # --- stage: accuracy -----------------------------------------------------------------------
@@ -291,7 +295,8 @@ def accuracy_job(a, slots: Slots, spec, slot: int, result: dict) -> None:
         if train_on == "sim" and sim_set:
             extra += ["--set", f"sim_set={json.dumps(sim_set)}"]  # quoted: items hold commas
         cmd = darklens_cmd("train", train_data, "--model", name, "--out", str(run), "--recipe",
-                           recipe, "--device", slots.device, *train_args(run, extra, minutes))
+                           recipe, "--device", slots.device,
+                           *train_args(run, extra, minutes, fit_budget=True))
         tr = run_limited(cmd, env=env, log=log, limit_s=60 * (minutes + 1))
         entry.update(command=" ".join(["darklens", *cmd[3:]]), train_returncode=tr["returncode"],
                      train_killed=tr["killed"], train_wall_min=tr["wall_s"] / 60)
@@ -645,7 +650,7 @@ def main(argv: list[str] | None = None) -> None:
                    help="cpu: --gpus / --gpu-counts become concurrent CPU processes")
     p.add_argument("--gpus", type=int, default=1, help="concurrent jobs (one GPU each)")
     p.add_argument("--jobs-per-gpu", type=int, default=1,
-                   help="--stage accuracy: concurrent jobs sharing each GPU (their img/s is shared)")
+                   help="--stage accuracy: concurrent jobs on each GPU (they share its speed)")
     p.add_argument("--job-minutes", type=float, default=30.0,
                    help="wall limit per training job (killed 1 min after)")
     p.add_argument("--budget-min", type=float, default=0.0,

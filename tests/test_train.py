@@ -147,6 +147,39 @@ def test_seed_recipe_is_the_notebooks():
     assert not c.fused_optimizer  # torch's default AdamW, as the notebook
 
 
+class _Clock:
+    """``time`` for darklens.train whose every reading is a minute after the last."""
+
+    def __init__(self):
+        self.now = -60.0
+
+    def perf_counter(self):
+        self.now += 60.0
+        return self.now
+
+
+def test_budget_fits_the_schedule_and_resume_keeps_it(tiny_data, tmp_path, monkeypatch):
+    import darklens.train as train_mod
+
+    args = dict(recipe="fast", epochs=10, seed=0,
+                overrides={"budget_min": "3", "bn_recalib_batches": "1", "ema_decay": "0"},
+                **TINY)
+    monkeypatch.setattr(train_mod, "time", _Clock())  # epoch 1 "takes" a minute
+    run = train(str(tiny_data), out=tmp_path / "b", resume=False, **args)
+    rows = read_rows(run)
+    assert len(rows) == 3  # 3 minutes / 1 minute per epoch, out of the 10 asked for
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    assert config["fitted_epochs"] == 3 and config["epochs"] == 10
+    # 1 warm-up epoch, then the cosine over 2 epochs: epoch 3 starts half-way down (lr 0.5 x)
+    # (over the 10 requested epochs it would start at 0.97 x)
+    assert float(rows[2]["lr"]) == pytest.approx(0.5 * TINY["lr"], rel=1e-6)
+    # resume sees the fitted length: finished, nothing to train, and the same --epochs is fine
+    train(str(tiny_data), out=run, resume=True, **args)
+    assert len(read_rows(run)) == 3
+    assert train_mod._epochs_in_budget(0.5, 10, 100) == 100  # never more than asked
+    assert train_mod._epochs_in_budget(700, 10, 100) == 1  # never fewer than the one done
+
+
 _KILLED_RUN = textwrap.dedent("""
     import os, sys
     from darklens.training import loop

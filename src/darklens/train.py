@@ -64,6 +64,9 @@ class TrainConfig:
     val_fraction: float = 0.1  # used when the dataset has no val split
     eval_batch_size: int = 512
     time_limit_min: float = 0.0  # stop after the epoch that passes this budget (0: none)
+    # fit the schedule to a time budget: after epoch 1, run only the epochs (at most `epochs`)
+    # that fit in this many minutes, with the cosine ending at the last one (0: off)
+    budget_min: float = 0.0
     sim_steps_per_epoch: int = 200  # sim:PRESET only
     sim_val_per_class: int = 500
     sim_set: list = field(default_factory=list)  # simulator overrides, e.g. [image_size=64]
@@ -222,9 +225,10 @@ def _train(data: str, *, run: Path, dev: torch.device, dist_info: distributed.Di
                 f"{run}: --resume continues the saved run unchanged, but these settings differ: "
                 f"{'; '.join(changes)}; leave them out to resume, or start a new --out")
         data = saved["data"]
-        if int(saved["epoch"]) + 1 >= config.epochs:
+        last = int(saved.get("fitted_epochs") or config.epochs)
+        if int(saved["epoch"]) + 1 >= last:
             if show:
-                print(f"{run}: already finished (epoch {config.epochs} of {config.epochs}); "
+                print(f"{run}: already finished (epoch {last} of {last}); "
                       "nothing to train")
             return run
     else:
@@ -270,8 +274,10 @@ def _train(data: str, *, run: Path, dev: torch.device, dist_info: distributed.Di
                                     weight_decay=config.weight_decay,
                                     fused=config.fused_optimizer)
     warmup_steps = int(round(config.warmup_epochs * n_steps))
+    # epochs this run will train: config.epochs, or fewer once budget_min has fitted them
+    end_epoch = int(saved.get("fitted_epochs") or config.epochs) if saved else config.epochs
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, loop.cosine_with_warmup(warmup_steps, config.epochs * n_steps))
+        optimizer, loop.cosine_with_warmup(warmup_steps, end_epoch * n_steps))
     ema = loop.EMA(net, config.ema_decay) if config.ema_decay > 0 else None
     history: list[dict] = []
     best_score = -math.inf
@@ -301,6 +307,8 @@ def _train(data: str, *, run: Path, dev: torch.device, dist_info: distributed.Di
 
     resolved = {**to_dict(config), "data": str(data), "world_size": world, "device": str(dev),
                 "compiled": compiled, "data_info": data_info}
+    if end_epoch < config.epochs:  # a resumed run whose budget already fitted its epochs
+        resolved["fitted_epochs"] = end_epoch
     # Training starts: only now does the run folder appear (a refused run leaves nothing).
     run.mkdir(parents=True, exist_ok=True)
     if dist_info.is_main:
@@ -330,7 +338,7 @@ def _train(data: str, *, run: Path, dev: torch.device, dist_info: distributed.Di
             train_net, batches, n_steps=n_steps, optimizer=optimizer, scheduler=scheduler,
             loss_fn=loop.make_loss(smoothing), subtract=config.subtract, device=dev,
             amp=config.amp, channels_last=config.channels_last, ema=ema,
-            grad_clip=config.grad_clip, desc=f"epoch {epoch + 1}/{config.epochs}",
+            grad_clip=config.grad_clip, desc=f"epoch {epoch + 1}/{end_epoch}",
             show_progress=show)
         train_loss = distributed.all_reduce_mean(stats["train_loss"], dist_info, dev)
         if stats["skipped_steps"] > max(1, n_steps // 10):
@@ -355,6 +363,18 @@ def _train(data: str, *, run: Path, dev: torch.device, dist_info: distributed.Di
                "train_images_per_s": stats["images"] * world / stats["seconds"],
                "epoch_train_s": stats["seconds"], "elapsed_s": elapsed}
         history.append(row)
+        if epoch == 0 and config.budget_min > 0:
+            fitted = distributed.broadcast_int(
+                _epochs_in_budget(elapsed, config.budget_min, config.epochs), dist_info, dev)
+            if fitted < end_epoch:
+                end_epoch = fitted
+                scheduler.lr_lambdas[0] = loop.cosine_with_warmup(warmup_steps,
+                                                                  end_epoch * n_steps)
+                resolved["fitted_epochs"] = end_epoch
+                if dist_info.is_main:
+                    save_yaml(run / "config.yaml", resolved)
+                    print(f"budget {config.budget_min:g} min: epoch 1 took {elapsed:.1f} s, so "
+                          f"{end_epoch} of {config.epochs} epochs (the schedule now ends there)")
         score = metrics["auc_macro"] if not math.isnan(metrics["auc_macro"]) else -1.0
         improved = score > best_score
         best_score = max(best_score, score)
@@ -368,15 +388,26 @@ def _train(data: str, *, run: Path, dev: torch.device, dist_info: distributed.Di
                 "ema": ema.state_dict() if ema is not None else {},
                 "ema_updates": ema.updates if ema is not None else 0,
                 "history": history, "best_score": best_score, "elapsed_s": elapsed,
+                "fitted_epochs": end_epoch if end_epoch < config.epochs else None,
                 "rng": state.rng_state()})
             print(_summary(row), flush=True)
         distributed.barrier(dist_info)
         over = config.time_limit_min > 0 and elapsed > 60 * config.time_limit_min
-        if distributed.broadcast_flag(over, dist_info, dev) and epoch + 1 < config.epochs:
+        if distributed.broadcast_flag(over, dist_info, dev) and epoch + 1 < end_epoch:
             if show:
                 print(f"time limit {config.time_limit_min:g} min reached after epoch {epoch + 1}")
             break
+        if epoch + 1 >= end_epoch:
+            break
     return run
+
+
+def _epochs_in_budget(first_epoch_s: float, budget_min: float, max_epochs: int) -> int:
+    """How many epochs like the first fit in ``budget_min`` minutes (at least 1, at most all).
+
+    The first epoch is the slowest (warm-up, cuDNN autotuning), so the estimate errs short.
+    """
+    return max(1, min(max_epochs, int(60 * budget_min // max(first_epoch_s, 1e-9))))
 
 
 def _save_epoch(run: Path, save_checkpoint, eval_net, config: TrainConfig, model_kwargs: dict,

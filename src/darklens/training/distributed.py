@@ -68,6 +68,15 @@ def broadcast_flag(flag: bool, info: DistInfo, device: torch.device) -> bool:
     return bool(t.item())
 
 
+def broadcast_int(value: int, info: DistInfo, device: torch.device) -> int:
+    """Rank 0's integer (e.g. "epochs that fit the budget") for every rank."""
+    if not info.enabled:
+        return value
+    t = torch.tensor([int(value)], dtype=torch.int64, device=device)
+    dist.broadcast(t, src=0)
+    return int(t.item())
+
+
 def any_rank(flag: bool, info: DistInfo, device: torch.device) -> bool:
     """True on every rank when ``flag`` is true on at least one (e.g. "my compile failed")."""
     if not info.enabled:
