@@ -180,7 +180,7 @@ def count_params(run: Path) -> int | None:
 
 @dataclass
 class Slots:
-    """Where jobs run: ``n`` GPUs (one job each) or ``n`` concurrent CPU processes."""
+    """Where jobs run: ``n`` slots, ``per_gpu`` of them on each GPU, or ``n`` CPU processes."""
 
     device: str  # "cuda" or "cpu": passed to darklens as --device
     n: int
@@ -677,6 +677,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--set", action="append", help="extra --set for darklens train")
     p.add_argument("--json", type=Path, required=True)
     a = p.parse_args(argv)
+    if a.gpus < 1 or a.jobs_per_gpu < 1:
+        p.error("--gpus and --jobs-per-gpu must be at least 1")
     signal.signal(signal.SIGTERM, _on_sigterm)
 
     import torch

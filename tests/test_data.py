@@ -269,6 +269,8 @@ def test_concurrent_first_reads_build_the_cache_once(tmp_path):
 
     import darklens.data.cache as cache
 
+    pytest.importorskip("fcntl")
+
     root = write_split_layout(tmp_path / "d", per_class=2)
     builds, results, errors = [], [], []
     real_build = cache._build

@@ -225,9 +225,13 @@ def test_spatial_attention_backward_matches_notebook_at_ties():
 
 
 @pytest.mark.parametrize("layout", ["channels_last", "contiguous", "flat"])
-def test_compiled_prelu_path_matches_torch_prelu(layout, monkeypatch):
+@pytest.mark.parametrize("autocast", [False, True])
+def test_compiled_prelu_path_matches_torch_prelu(layout, autocast, monkeypatch):
     # The path torch.compile takes (two-pass weight-gradient sum) against nn.PReLU itself,
-    # on every input layout the model produces (the 2-D one is the attention MLP's).
+    # on every input layout the model produces (the 2-D one is the attention MLP's), in fp32
+    # and under bf16 autocast (fp32 input: both compute in bf16).
+    import contextlib
+
     from darklens.models.densenet_cbam import PReLU
 
     shape = (3, 4) if layout == "flat" else (3, 5, 7, 6)
@@ -242,12 +246,19 @@ def test_compiled_prelu_path_matches_torch_prelu(layout, monkeypatch):
     results = []
     for module in (ref, ours):
         x = x0.clone().requires_grad_(True)
-        out = module(x)
-        (out * upstream).sum().backward()
+        amp = torch.autocast("cpu", dtype=torch.bfloat16) if autocast else contextlib.nullcontext()
+        with amp:
+            out = module(x)
+        (out.float() * upstream).sum().backward()
         results.append((out.detach(), x.grad, module.weight.grad))
-    for got, want in zip(results[1], results[0]):
-        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
-    assert results[0][2].abs().item() > 1e-3  # the weight gradient is not trivially zero
+    (out_got, gx_got, gw_got), (out_want, gx_want, gw_want) = results[1], results[0]
+    assert out_got.dtype == out_want.dtype
+    torch.testing.assert_close(out_got, out_want, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(gx_got, gx_want, rtol=1e-5, atol=1e-6)
+    # nn.PReLU sums its weight gradient in bf16 under autocast; ours sums in fp32
+    tol = dict(rtol=2e-2, atol=2e-2) if autocast else dict(rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(gw_got, gw_want, **tol)
+    assert gw_want.abs().item() > 1e-3  # the weight gradient is not trivially zero
 
 
 def test_densenet_cbam_prelus_take_the_compiled_path(monkeypatch):

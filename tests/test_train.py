@@ -225,7 +225,7 @@ def test_resume_after_kill_matches_uninterrupted_run(tiny_data, tmp_path):
 def test_ddp_two_cpu_processes_with_gloo(tiny_data, tmp_path):
     out = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-           "--master_port", "29533", "-m", "darklens", "train", str(tiny_data), "--out", str(out),
+           "--standalone", "-m", "darklens", "train", str(tiny_data), "--out", str(out),
            "--model", "densenet_cbam_tiny", "--device", "cpu", "--epochs", "1", "--batch", "32",
            "--set", "bn_recalib_batches=1"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
@@ -244,7 +244,7 @@ def test_ddp_compile_failing_on_one_rank_trains_eagerly_everywhere(tiny_data, tm
     out = tmp_path / f"ddp-{where}"
     script = Path(__file__).parent / "scripts" / "ddp_compile_fault.py"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-           "--master_port", "29534", str(script), str(tiny_data), str(out), where]
+           "--standalone", str(script), str(tiny_data), str(out), where]
     # Its own session, so a hang (the failure this test looks for) leaves no workers behind.
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "OMP_NUM_THREADS": "1"}, start_new_session=True)

@@ -94,14 +94,22 @@ def load_or_build(
 
 @contextlib.contextmanager
 def _exclusive(lock_path: Path):
-    """An advisory lock between processes of this machine (none where fcntl is missing)."""
+    """An advisory lock between processes of this machine.
+
+    Without one (no fcntl on Windows; some network file systems refuse flock) the cache still
+    works for a single process, but concurrent first reads of one dataset can race as before.
+    """
     try:
         import fcntl
-    except ImportError:  # Windows: builders may race; the swap in _build then keeps one copy
+    except ImportError:
         yield
         return
     with open(lock_path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        except OSError:  # ENOLCK / EOPNOTSUPP: build unlocked rather than not at all
+            yield
+            return
         try:
             yield
         finally:

@@ -28,15 +28,16 @@ def _row_sums(t: torch.Tensor) -> torch.Tensor:
         return t.permute(0, 2, 3, 1).reshape(n * h, w * c).sum(1)
     if t.dim() >= 3 and t.is_contiguous():
         return t.reshape(t.shape[0] * t.shape[1], -1).sum(1)
-    return t.reshape(1, -1).sum(1)
+    return t.sum().reshape(1)
 
 
 class _ScalarPReLUFn(torch.autograd.Function):
     """PReLU with one shared weight, its weight gradient reduced in two passes (``_row_sums``).
 
-    Inductor fused the weight-gradient reduction of each ``nn.PReLU`` into one kernel that
-    read the whole batch with a few hundred programs: ~8 of the ~48 ms of a compiled bf16
-    step at batch 256 (H200, benchmarks/results/train_step_profile_prelu_h200.txt).
+    Inductor fused the weight-gradient sum of each ``nn.PReLU`` into one kernel that read the
+    whole batch with a few hundred programs: ~10 of the ~53 ms of a compiled bf16 step at batch
+    256 (H100, benchmarks/results/train_step_profile_h100.txt). Forward and input gradient are
+    nn.PReLU's; the weight gradient is summed in fp32 (nn.PReLU under bf16 autocast sums in bf16).
     """
 
     @staticmethod
@@ -54,13 +55,16 @@ class _ScalarPReLUFn(torch.autograd.Function):
 
 
 class PReLU(nn.PReLU):
-    """``nn.PReLU`` (same parameter, same values); compiled, it takes ``_ScalarPReLUFn``.
+    """``nn.PReLU`` (same parameter, same outputs); compiled, it takes ``_ScalarPReLUFn``.
 
     Eager runs keep torch's own kernels, so the seed recipe stays the notebook's arithmetic.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.num_parameters == 1 and torch.compiler.is_compiling():
+            kind = x.device.type
+            if torch.is_autocast_enabled(kind):  # prelu runs in the autocast dtype, as F.prelu
+                x = x.to(torch.get_autocast_dtype(kind))
             return _ScalarPReLUFn.apply(x, self.weight)
         return super().forward(x)
 
