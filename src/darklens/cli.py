@@ -100,6 +100,21 @@ def _cmd_demo(a: argparse.Namespace) -> int | None:
     return 0
 
 
+#: ``darklens train --help``'s list of ``--set`` keys; tests/test_cli_help.py keeps it equal to
+#: TrainConfig's fields (written out so that building the parser does not import torch)
+TRAIN_SET_KEYS = """\
+--set KEY=VALUE keys (defaults: the recipe's; a run's config.yaml lists every value it used):
+  optimisation: lr, weight_decay, batch_size, epochs, warmup_epochs, label_smoothing,
+                plain_ce_during_warmup, grad_clip, fused_optimizer, ema_decay
+  speed:        amp (bf16|none), channels_last, compile (auto|on|off), eval_batch_size
+  data:         augment (d4|none), subtract, val_fraction, bn_recalib_batches, tta_val
+  time:         time_limit_min (stop when spent), budget_min (fit the epochs to it)
+  sim:PRESET:   sim_steps_per_epoch, sim_val_per_class, sim_set (simulator overrides)
+  model:        model_kwargs (YAML mapping, e.g. "{seed_exact: true}")
+  also:         recipe, model, seed (give them as --recipe, --model, --seed)
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="darklens",
@@ -137,7 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "shards of one dataset must use the same")
     p.set_defaults(func=_cmd_simulate)
 
-    p = sub.add_parser("train", help="train a classifier")
+    p = sub.add_parser("train", help="train a classifier", epilog=TRAIN_SET_KEYS,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("data", help="dataset folder or .zip, or sim:PRESET for on-the-fly data")
     p.add_argument("--model", default="densenet_cbam", help="registered model name")
     p.add_argument("--out", required=True, help="run folder")
