@@ -11,6 +11,8 @@ an image does not depend on which batch, shard or run made it.
 
 from __future__ import annotations
 
+import functools
+
 import math
 from collections.abc import Sequence
 
@@ -329,6 +331,12 @@ def choose_backend(backend: str, config: SimConfig, device) -> str:
     return backend
 
 
+@functools.lru_cache(maxsize=16)
+def _seed_words_on(seed: int, device: torch.device) -> Tensor:
+    """``seed_words(seed)`` as a (2,) int64 tensor on ``device``, copied there once."""
+    return torch.tensor(seed_words(seed), dtype=torch.int64, device=device)
+
+
 def render(config: SimConfig, seed: int, split_id: int | Tensor, labels: Tensor,
            indices: Tensor, device, backend: str = "auto",
            cuda_graph: bool = True) -> tuple[Tensor, dict[str, Tensor]]:
@@ -357,8 +365,10 @@ def render(config: SimConfig, seed: int, split_id: int | Tensor, labels: Tensor,
 
         if device.type == "cuda" and device.index is None:  # the graph cache is keyed by it
             device = torch.device("cuda", torch.cuda.current_device())
-        words = torch.tensor(seed_words(seed), dtype=torch.int64, device=device)
-        split = torch.broadcast_to(torch.as_tensor(split_id, device=device), labels.shape)
+        # No host-to-GPU copy per batch (each would wait for the GPU: see SimulatedStream)
+        words = _seed_words_on(int(seed), device)
+        split = (torch.broadcast_to(split_id, labels.shape) if isinstance(split_id, Tensor)
+                 else torch.full(labels.shape, int(split_id), dtype=torch.int64, device=device))
         inputs = [words, split, labels, indices]
         if device.type != "cuda":  # the Triton interpreter (CPU tests): no graphs
             return body(*inputs)

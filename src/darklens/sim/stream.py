@@ -49,10 +49,14 @@ class SimulatedStream(IterableDataset):
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
         b = self.start_batch + worker
+        # Indices and labels are made where the images are: a blocking host-to-GPU copy per
+        # batch would wait for the GPU to drain, and the training step after it would then
+        # start from an empty queue.
+        offsets = torch.arange(self.batch_size, dtype=torch.int64, device=self.device)
         while self.num_batches is None or b < self.start_batch + self.num_batches:
-            indices = b * self.batch_size + torch.arange(self.batch_size, dtype=torch.int64)
+            indices = offsets + b * self.batch_size
             labels = self.labels_for(indices)
             images, _ = render(self.config, self.seed, SPLITS["stream"], labels, indices,
                                self.device)
-            yield images, labels.to(self.device)
+            yield images, labels
             b += workers
