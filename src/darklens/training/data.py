@@ -38,7 +38,12 @@ def d4_augment(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor
     skipped for non-square images (then only the 4 flips are used).
     """
     b = images.shape[0]
-    draws = torch.rand(3, b, generator=generator) < 0.5
+    draws = torch.rand(3, b, generator=generator) < 0.5  # on the CPU: the same on any device
+    if images.device.type == "cuda":
+        # From pinned memory without blocking: a plain copy waits for the GPU to finish every
+        # queued kernel, once per training step, and the next step then starts from an empty
+        # queue (the caching host allocator keeps the pinned block until the copy is done).
+        draws = draws.pin_memory().to(images.device, non_blocking=True)
     draws = draws.to(images.device).view(3, b, 1, 1, 1)
     if images.shape[-1] == images.shape[-2]:
         images = torch.where(draws[0], images.transpose(-1, -2), images)
