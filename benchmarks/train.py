@@ -27,6 +27,8 @@ Stages (``--stage``):
 * ``speed``: the notebook pipeline (``benchmarks/notebook_pipeline.py``: per-file loading,
   4 workers, fp32, batch 64) against ``darklens train --recipe fast`` and ``--recipe seed`` on one
   GPU; images/s, ``train_speedup_vs_notebook`` and time to the notebook's final val accuracy.
+  ``--fast-eager-epochs`` / ``--sim-epochs`` add the fast recipe without torch.compile / on
+  fresh simulated images (``sim:PRESET``) to the same call.
 * ``accuracy``: ``--models`` (``name:epochs[:recipe[:train]]``, recipe default ``fast``) trained
   concurrently, one job per GPU (``CUDA_VISIBLE_DEVICES``; a queue when there are more jobs than
   GPUs; ``--jobs-per-gpu K`` runs K jobs on each GPU, for accuracy only: they share its speed),
@@ -524,7 +526,7 @@ def pack(data: Path) -> float:
     return time.perf_counter() - t
 
 
-def run_darklens(data: Path, out: Path, model: str, recipe: str, extra: list[str]) -> dict:
+def run_darklens(data: Path | str, out: Path, model: str, recipe: str, extra: list[str]) -> dict:
     """``python -m darklens train`` in a subprocess; returns its metrics rows and wall time."""
     cmd = darklens_cmd("train", str(data), "--model", model, "--out", str(out), "--recipe",
                        recipe, "--device", "auto", *extra)
@@ -555,6 +557,11 @@ def time_to_accuracy(run: dict, target: float) -> float | None:
     return None
 
 
+def _ratio(a: float | None, b: float | None) -> float | None:
+    """a / b, or None when either is missing or b is 0 (e.g. no steady epoch was timed)."""
+    return a / b if a is not None and b else None
+
+
 def stage_speed(a: argparse.Namespace, result: dict) -> None:
     runs = a.runs
     nb_json = runs / "notebook.json"
@@ -567,7 +574,9 @@ def stage_speed(a: argparse.Namespace, result: dict) -> None:
     notebook = json.loads(nb_json.read_text())
     notebook["process_wall_s"] = time.perf_counter() - t
     target = notebook["final_val_accuracy"]
-    seed_exact = ["--set", "model_kwargs={seed_exact: true}"]
+    # --set items reach every darklens run of the stage (e.g. a CPU smoke test's batch size)
+    seed_exact = ["--set", "model_kwargs={seed_exact: true}",
+                  *[x for item in a.set or [] for x in ("--set", item)]]
     fast = run_darklens(a.data, runs / "fast", "densenet_cbam", "fast",
                         ["--epochs", str(a.fast_epochs), *seed_exact])
     seed = run_darklens(a.data, runs / "seed", "densenet_cbam", "seed",
@@ -578,8 +587,18 @@ def stage_speed(a: argparse.Namespace, result: dict) -> None:
                               "--set", "compile=off"])
         ips = steady_images_per_s(eager["rows"])
         result.update({"fast_eager": eager, "fast_eager_images_per_s": ips,
-                       "fast_eager_speedup_vs_notebook": ips / notebook["train_images_per_s"],
+                       "fast_eager_speedup_vs_notebook": _ratio(ips, notebook["train_images_per_s"]),
                        "fast_eager_time_to_accuracy_s": time_to_accuracy(eager, target)})
+    if a.sim_epochs:  # the default recipe on fresh simulated images (darklens train sim:...)
+        sim_set = result["data"].get("sim_set") or []
+        extra = ["--epochs", str(a.sim_epochs), *seed_exact]
+        if sim_set:
+            extra += ["--set", f"sim_set={json.dumps(sim_set)}"]
+        sim = run_darklens(f"sim:{result['data'].get('preset', 'model_a')}", runs / "fast_sim",
+                           "densenet_cbam", "fast", extra)
+        ips = steady_images_per_s(sim["rows"])
+        result.update({"fast_sim": sim, "fast_sim_images_per_s": ips,
+                       "fast_sim_speedup_vs_notebook": _ratio(ips, notebook["train_images_per_s"])})
     ips_nb = notebook["train_images_per_s"]
     ips_fast, ips_seed = steady_images_per_s(fast["rows"]), steady_images_per_s(seed["rows"])
     tta_nb = notebook["process_wall_s"]
@@ -588,8 +607,8 @@ def stage_speed(a: argparse.Namespace, result: dict) -> None:
         "notebook": notebook, "fast": fast, "seed_recipe": seed,
         "notebook_images_per_s": ips_nb, "fast_images_per_s": ips_fast,
         "seed_recipe_images_per_s": ips_seed,
-        "train_speedup_vs_notebook": ips_fast / ips_nb,
-        "seed_recipe_speedup_vs_notebook": ips_seed / ips_nb,
+        "train_speedup_vs_notebook": _ratio(ips_fast, ips_nb),
+        "seed_recipe_speedup_vs_notebook": _ratio(ips_seed, ips_nb),
         "target_val_accuracy": target,
         "notebook_time_to_accuracy_s": tta_nb,
         "fast_time_to_accuracy_s": tta_fast,
@@ -666,6 +685,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed-epochs", type=int, default=2)
     p.add_argument("--fast-eager-epochs", type=int, default=0,
                    help="--stage speed: also time the fast recipe with compile=off")
+    p.add_argument("--sim-epochs", type=int, default=0,
+                   help="--stage speed: also time the fast recipe on fresh simulated images "
+                        "(sim:PRESET of the data, sim_steps_per_epoch steps per epoch)")
     p.add_argument("--models", default="densenet_cbam",
                    help="name:epochs[:recipe[:train]],...; train 'sim' = fresh simulated images")
     p.add_argument("--model", default="densenet_cbam", help="--stage ddp: the model")
