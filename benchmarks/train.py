@@ -586,8 +586,9 @@ def stage_speed(a: argparse.Namespace, result: dict) -> None:
                              ["--epochs", str(a.fast_eager_epochs), *seed_exact,
                               "--set", "compile=off"])
         ips = steady_images_per_s(eager["rows"])
+        ratio = _ratio(ips, notebook["train_images_per_s"])
         result.update({"fast_eager": eager, "fast_eager_images_per_s": ips,
-                       "fast_eager_speedup_vs_notebook": _ratio(ips, notebook["train_images_per_s"]),
+                       "fast_eager_speedup_vs_notebook": ratio,
                        "fast_eager_time_to_accuracy_s": time_to_accuracy(eager, target)})
     if a.sim_epochs:  # the default recipe on fresh simulated images (darklens train sim:...)
         sim_set = result["data"].get("sim_set") or []
