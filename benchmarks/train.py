@@ -278,9 +278,7 @@ def accuracy_job(a, slots: Slots, spec, slot: int, result: dict) -> None:
     env = slots.env([slot])
     # "sim": fresh images of the data's own preset every step (the data's simulator overrides
     # too); validation on a fixed simulated set; the test split of --data scores it like the rest
-    train_data = str(a.data)
-    if train_on == "sim":
-        train_data = f"sim:{result['data'].get('preset', 'model_a')}"
+    train_data, sim_extra = sim_source(result["data"]) if train_on == "sim" else (str(a.data), [])
     entry = {"model": name, "recipe": recipe, "epochs_requested": epochs, "slot": slot,
              "train_data": train_data, "run": str(run), "log": str(log)}
     minutes = min(a.job_minutes, (remaining_s(a) - 60 * a.eval_minutes) / 60 - 1)
@@ -290,12 +288,9 @@ def accuracy_job(a, slots: Slots, spec, slot: int, result: dict) -> None:
     if minutes < min(0.25, a.job_minutes):
         entry["status"] = "skipped: --budget-min spent"
     else:
-        extra = ["--epochs", str(epochs)]
+        extra = ["--epochs", str(epochs), *sim_extra]
         for item in a.set or []:
             extra += ["--set", item]
-        sim_set = result["data"].get("sim_set") or []
-        if train_on == "sim" and sim_set:
-            extra += ["--set", f"sim_set={json.dumps(sim_set)}"]  # quoted: items hold commas
         cmd = darklens_cmd("train", train_data, "--model", name, "--out", str(run), "--recipe",
                            recipe, "--device", slots.device,
                            *train_args(run, extra, minutes, fit_budget=True))
@@ -591,12 +586,9 @@ def stage_speed(a: argparse.Namespace, result: dict) -> None:
                        "fast_eager_speedup_vs_notebook": ratio,
                        "fast_eager_time_to_accuracy_s": time_to_accuracy(eager, target)})
     if a.sim_epochs:  # the default recipe on fresh simulated images (darklens train sim:...)
-        sim_set = result["data"].get("sim_set") or []
-        extra = ["--epochs", str(a.sim_epochs), *seed_exact]
-        if sim_set:
-            extra += ["--set", f"sim_set={json.dumps(sim_set)}"]
-        sim = run_darklens(f"sim:{result['data'].get('preset', 'model_a')}", runs / "fast_sim",
-                           "densenet_cbam", "fast", extra)
+        sim_data, sim_extra = sim_source(result["data"])
+        sim = run_darklens(sim_data, runs / "fast_sim", "densenet_cbam", "fast",
+                           ["--epochs", str(a.sim_epochs), *seed_exact, *sim_extra])
         ips = steady_images_per_s(sim["rows"])
         result.update({"fast_sim": sim, "fast_sim_images_per_s": ips,
                        "fast_sim_speedup_vs_notebook": _ratio(ips, notebook["train_images_per_s"])})
@@ -636,6 +628,13 @@ def sim_overrides(preset: str, config: dict) -> list[str]:
         text = ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
         items.append(f"{key}={text}")
     return items
+
+
+def sim_source(data_record: dict) -> tuple[str, list[str]]:
+    """``darklens train`` DATA and ``--set`` items that draw fresh images like a recorded set."""
+    sim_set = data_record.get("sim_set") or []
+    extra = ["--set", f"sim_set={json.dumps(sim_set)}"] if sim_set else []  # quoted: commas
+    return f"sim:{data_record.get('preset', 'model_a')}", extra
 
 
 def _data_record(data: Path, fallback: dict) -> dict:

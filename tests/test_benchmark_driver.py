@@ -38,6 +38,10 @@ def test_sim_overrides_rebuild_the_recorded_config():
     items = bench.sim_overrides("model_a", recorded)
     assert sorted(i.split("=")[0] for i in items) == ["image_size", "noise", "theta_E"]
     # What a sim: job gets: the items through --set sim_set=<json>, then the train config's parse
-    rebuilt = get_config("model_a", parse_set_args(json.loads(json.dumps(items))))
+    data, extra = bench.sim_source({"preset": "model_a", "sim_set": items})
+    assert data == "sim:model_a" and extra[0] == "--set"
+    sim_set = parse_set_args([extra[1]])["sim_set"]
+    rebuilt = get_config("model_a", parse_set_args(json.loads(sim_set)))
     assert to_dict(rebuilt) == recorded
+    assert bench.sim_source({"preset": "model_a", "sim_set": []}) == ("sim:model_a", [])
     assert bench.sim_overrides("model_a", to_dict(get_config("model_a"))) == []

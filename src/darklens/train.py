@@ -225,14 +225,16 @@ def _train(data: str, *, run: Path, dev: torch.device, dist_info: distributed.Di
                 f"{run}: --resume continues the saved run unchanged, but these settings differ: "
                 f"{'; '.join(changes)}; leave them out to resume, or start a new --out")
         data = saved["data"]
-        last = int(saved.get("fitted_epochs") or config.epochs)
-        if int(saved["epoch"]) + 1 >= last:
+        # epochs this run trains: config.epochs, or fewer once budget_min has fitted them
+        end_epoch = int(saved.get("fitted_epochs") or config.epochs)
+        if int(saved["epoch"]) + 1 >= end_epoch:
             if show:
-                print(f"{run}: already finished (epoch {last} of {last}); "
+                print(f"{run}: already finished (epoch {end_epoch} of {end_epoch}); "
                       "nothing to train")
             return run
     else:
         config = build_config(**config_args)
+        end_epoch = config.epochs
         if (run / state.STATE_NAME).exists():
             raise DarklensError(
                 f"{run}: already holds a run; pass --resume or choose another --out")
@@ -274,8 +276,6 @@ def _train(data: str, *, run: Path, dev: torch.device, dist_info: distributed.Di
                                     weight_decay=config.weight_decay,
                                     fused=config.fused_optimizer)
     warmup_steps = int(round(config.warmup_epochs * n_steps))
-    # epochs this run will train: config.epochs, or fewer once budget_min has fitted them
-    end_epoch = int(saved.get("fitted_epochs") or config.epochs) if saved else config.epochs
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, loop.cosine_with_warmup(warmup_steps, end_epoch * n_steps))
     ema = loop.EMA(net, config.ema_decay) if config.ema_decay > 0 else None

@@ -12,7 +12,6 @@ an image does not depend on which batch, shard or run made it.
 from __future__ import annotations
 
 import functools
-
 import math
 from collections.abc import Sequence
 

@@ -44,7 +44,9 @@ def d4_augment(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor
         # queued kernel, once per training step, and the next step then starts from an empty
         # queue (the caching host allocator keeps the pinned block until the copy is done).
         draws = draws.pin_memory().to(images.device, non_blocking=True)
-    draws = draws.to(images.device).view(3, b, 1, 1, 1)
+    else:
+        draws = draws.to(images.device)
+    draws = draws.view(3, b, 1, 1, 1)
     if images.shape[-1] == images.shape[-2]:
         images = torch.where(draws[0], images.transpose(-1, -2), images)
     images = torch.where(draws[1], images.flip(-1), images)

@@ -61,11 +61,7 @@ def all_reduce_mean(value: float, info: DistInfo, device: torch.device) -> float
 
 def broadcast_flag(flag: bool, info: DistInfo, device: torch.device) -> bool:
     """Rank 0's decision (e.g. "time budget spent: stop") for every rank."""
-    if not info.enabled:
-        return flag
-    t = torch.tensor([int(flag)], device=device)
-    dist.broadcast(t, src=0)
-    return bool(t.item())
+    return bool(broadcast_int(int(flag), info, device))
 
 
 def broadcast_int(value: int, info: DistInfo, device: torch.device) -> int:
