@@ -36,7 +36,8 @@ Stages (``--stage``):
   ``darklens evaluate RUN DATA --split test`` on the same GPU. ``train`` = ``sim`` trains on
   fresh images of DATA's own preset and simulator settings (``darklens train sim:PRESET``)
   instead of DATA's train split; the test split scores it like the rest. ``model_a_accuracy`` /
-  ``model_a_macro_auc`` are those of the best model by test macro AUC.
+  ``model_a_macro_auc`` (``<preset>_...`` for ``--preset``) are those of the best model by test
+  macro AUC.
 * ``ddp``: ``torchrun --standalone --nproc_per_node k`` for each k of ``--gpu-counts``; steady
   images/s, speed-up vs k=1, scaling efficiency and final val accuracy. ``darklens train``'s
   ``batch_size`` is GLOBAL (split evenly over ranks), so by default every k trains the same
@@ -346,8 +347,9 @@ def _summarise_accuracy(result: dict) -> None:
     scored = {k: e for k, e in result["models"].items() if e.get("test_macro_auc") is not None}
     if scored:
         best = max(scored, key=lambda k: scored[k]["test_macro_auc"])
-        result.update(best_model=best, model_a_accuracy=scored[best]["test_accuracy"],
-                      model_a_macro_auc=scored[best]["test_macro_auc"])
+        preset = result.get("data", {}).get("preset", "model_a")  # keys name the data's preset
+        result.update({"best_model": best, f"{preset}_accuracy": scored[best]["test_accuracy"],
+                       f"{preset}_macro_auc": scored[best]["test_macro_auc"]})
 
 
 def accuracy_table(result: dict) -> str:
@@ -476,7 +478,7 @@ def stage_simulate(a: argparse.Namespace, result: dict) -> None:
         cmd = darklens_cmd("simulate", str(a.data), "--train", str(a.n_train), "--val",
                            str(a.n_val), "--test", str(a.n_test), "--seed", str(a.data_seed),
                            "--device", "cpu" if a.device == "cpu" else "auto",
-                           "--shard", f"{i}/{a.gpus}", *sim_set)
+                           "--shard", f"{i}/{a.gpus}", "--preset", a.preset, *sim_set)
         shards[i] = run_limited(cmd, env=slots.env([slot]), log=None,
                                 limit_s=max(1.0, remaining_s(a) - 30))
 
@@ -498,15 +500,15 @@ def stage_simulate(a: argparse.Namespace, result: dict) -> None:
 # --- stage: speed (one GPU, sequential) ----------------------------------------------------
 
 def simulate(data: Path, n_train: int, n_val: int, n_test: int, seed: int,
-             sim_set: list[str] | None = None) -> float:
-    """Write the model_a set with the project's simulator; returns seconds (0 if present)."""
+             sim_set: list[str] | None = None, preset: str = "model_a") -> float:
+    """Write the preset's set with the project's simulator; returns seconds (0 if present)."""
     if (data / "val").is_dir():
         return 0.0
     from darklens.config import parse_set_args
     from darklens.sim import simulate_dataset
 
     t = time.perf_counter()
-    simulate_dataset(data, preset="model_a", n_train=n_train, n_val=n_val, n_test=n_test,
+    simulate_dataset(data, preset=preset, n_train=n_train, n_val=n_val, n_test=n_test,
                      seed=seed, device="auto", progress=False,
                      overrides=parse_set_args(sim_set or []))
     return time.perf_counter() - t
@@ -662,6 +664,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--val", "--n-val", dest="n_val", type=int, default=2_500)
     p.add_argument("--test", "--n-test", dest="n_test", type=int, default=0)
     p.add_argument("--seed", "--data-seed", dest="data_seed", type=int, default=0)
+    p.add_argument("--preset", default="model_a",
+                   help="simulation preset of the dataset, when the driver simulates it")
     p.add_argument("--sim-set", action="append", metavar="KEY=VALUE",
                    help="simulator override for --stage simulate (e.g. image_size=32)")
     p.add_argument("--runs", type=Path, default=Path("/tmp/bench_runs"))
@@ -709,7 +713,7 @@ def main(argv: list[str] | None = None) -> None:
               "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
               "cuda_devices": torch.cuda.device_count(), "cpu_count": os.cpu_count(),
               "torch": torch.__version__, "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-              "data": {"path": str(a.data), "preset": "model_a", "n_train_per_class": a.n_train,
+              "data": {"path": str(a.data), "preset": a.preset, "n_train_per_class": a.n_train,
                        "n_val_per_class": a.n_val, "n_test_per_class": a.n_test,
                        "seed": a.data_seed}}
     a.runs.mkdir(parents=True, exist_ok=True)
@@ -717,7 +721,7 @@ def main(argv: list[str] | None = None) -> None:
         stage_simulate(a, result)
     else:
         result["simulate_s"] = simulate(a.data, a.n_train, a.n_val, a.n_test, a.data_seed,
-                                        a.sim_set)
+                                        a.sim_set, a.preset)
         result["pack_s"] = pack(a.data)
         result["data"] = _data_record(a.data, result["data"])
         {"speed": stage_speed, "accuracy": stage_accuracy, "ddp": stage_ddp}[a.stage](a, result)

@@ -71,6 +71,13 @@ class SimConfig:
     exposure_log10: Range = (2.4771, 2.4771)  # log10(exposure): 300
     sky: float = 0.1  # sky level added before Poisson noise [flux / pixel]
     background_rms: float = 0.0  # extra Gaussian read/background noise [flux / pixel]
+    # Dataset construction. 0: every lens, light, shear and source parameter is drawn afresh
+    # per image (the physics). K > 0: each is drawn from K values fixed per class, as
+    # PyLensing's get_params builds its datasets (5 values per parameter and class, then their
+    # product). The class is then readable from the lens and source alone: a label leak, kept
+    # to study published numbers made that way (preset "pylensing"), never for new science.
+    class_grid: int = 0
+    class_grid_seed: int = 0  # which K values each class gets (shared by train/val/test)
 
 
 _MODEL_I = dict(
@@ -83,8 +90,17 @@ _MODEL_I = dict(
     exposure_log10=(3.0, 3.5), sky=0.0, background_rms=0.01,
 )
 
+# PyLensing's defaults (gen_params_{base,spherical,vortex}): SIS theta_E 1.2", 25 subhalos at
+# radius U(0, 1") each with einstein_radius sqrt(0.01)/25 * theta_E (so together 0.01/25 of the
+# Einstein mass), a vortex of the same total, and per-class parameter grids of 5 values.
+_PYLENSING = dict(
+    preset="pylensing", theta_E=(1.2, 1.2), sub_radius=(0.0, 1.0),
+    sub_mass_fraction=(0.0004, 0.0004), vort_mass_fraction=(0.0004, 0.0004), class_grid=5,
+)
+
 PRESETS: dict[str, SimConfig] = {
     "model_a": SimConfig(),
+    "pylensing": SimConfig(**_PYLENSING),
     "model_i": SimConfig(**_MODEL_I),
     # Euclid VIS-like: 0.101"/px, seeing 0.16"
     "model_ii": SimConfig(**{**_MODEL_I, "preset": "model_ii", "image_size": 64,
@@ -171,5 +187,7 @@ def _validate(c: SimConfig) -> None:
         raise bad("sub_mass_msun", "masses must be > 0")
     if c.z_source <= c.z_lens or c.z_lens <= 0:
         raise bad("z_source", "need 0 < z_lens < z_source")
+    if not 0 <= c.class_grid <= 1000:
+        raise bad("class_grid", f"must be in 0..1000, got {c.class_grid}")
     if c.vort_length_mode == "fixed" and c.vort_length[0] <= 0:
         raise bad("vort_length", "must be > 0")

@@ -44,15 +44,23 @@ class _Draws:
     as ``uniform(keys, j)``.
     """
 
-    def __init__(self, keys: tuple[Tensor, Tensor], n_streams: int):
+    def __init__(self, keys: tuple[Tensor, Tensor], n_streams: int,
+                 grid: Tensor | None = None, labels: Tensor | None = None):
         self.block = uniform_block(keys, n_streams)
         self.stream = 0
+        self.grid, self.labels = grid, labels  # see class_grid_table
+        self.gridded = False  # set around the draws a class grid applies to
 
     def u(self) -> Tensor:
         if self.stream >= self.block.shape[1]:
             raise RuntimeError("draw_params used more random streams than _n_streams() counted")
         self.stream += 1
-        return self.block[:, self.stream - 1]
+        u = self.block[:, self.stream - 1]
+        if self.gridded and self.grid is not None:  # snap to one of the class's K values
+            k = self.grid.shape[-1]
+            slot = torch.clamp((u * k).to(torch.int64), max=k - 1)
+            u = self.grid[self.stream - 1][self.labels, slot]
+        return u
 
     def range(self, bounds: Sequence[float]) -> Tensor:
         lo, hi = float(bounds[0]), float(bounds[1])
@@ -73,15 +81,34 @@ def _n_streams(config: SimConfig) -> int:
     return 32 + 3 * config.n_subhalos
 
 
+@functools.lru_cache(maxsize=16)
+def class_grid_table(config: SimConfig, device: torch.device) -> Tensor | None:
+    """(streams, 3 classes, K) uniform values each class may take, or None (class_grid 0).
+
+    Drawn once from ``class_grid_seed`` with torch's CPU generator, so every split, device and
+    batch size sees the same K values per class (PyLensing draws its grid once per class too).
+    """
+    if not config.class_grid:
+        return None
+    g = torch.Generator().manual_seed(config.class_grid_seed)
+    table = torch.rand((_n_streams(config), 3, config.class_grid), generator=g)
+    return table.to(device)
+
+
 def draw_params(config: SimConfig, keys: tuple[Tensor, Tensor], labels: Tensor,
-                k_msun: float | None = None) -> dict[str, Tensor]:
+                k_msun: float | None = None, grid: Tensor | None = None) -> dict[str, Tensor]:
     """Draw every parameter of every image; (B,) float32 tensors named like lenstronomy kwargs.
 
     Subhalo slots exist for every image (zero mass unless the label is 1, sphere) and the vortex
     exists for every image (zero mass unless the label is 2, vort), so one batch mixes classes.
+    ``grid``: :func:`class_grid_table` of the config (looked up when None); it applies to the
+    lens, lens light, shear and source draws and to the vortex angle, as in PyLensing.
     """
     c = config
-    d = _Draws(keys, _n_streams(config))
+    if grid is None and c.class_grid:
+        grid = class_grid_table(c, labels.device)
+    d = _Draws(keys, _n_streams(config), grid, labels)
+    d.gridded = True
     p: dict[str, Tensor] = {}
     if k_msun is None:  # theta_E^2 per Msun
         k_msun = theta_E_squared_per_msun(c.z_lens, c.z_source, c.H0, c.Om0)
@@ -111,6 +138,7 @@ def draw_params(config: SimConfig, keys: tuple[Tensor, Tensor], labels: Tensor,
     r, phi = d.range(c.source_offset), d.u() * (2 * math.pi)
     p["source_center_x"], p["source_center_y"] = r * torch.cos(phi), r * torch.sin(phi)
 
+    d.gridded = False  # substructure positions and masses: fresh per image, as in PyLensing
     is_sphere = (labels == 1).to(torch.float32)
     fraction = d.range(c.sub_mass_fraction)
     raw = [_power_law(d.u(), *c.sub_mass_msun, c.sub_mass_slope) for _ in range(c.n_subhalos)]
@@ -143,7 +171,9 @@ def draw_params(config: SimConfig, keys: tuple[Tensor, Tensor], labels: Tensor,
         p["vort_length"] = 0.06 * torch.exp(-(log_ma + 22.0) * math.log(10.0))
     else:
         p["vort_length"] = d.range(c.vort_length)
+    d.gridded = True
     p["vort_angle"] = d.u() * math.pi
+    d.gridded = False
     p["vort_center_x"] = d.range(c.vort_center)
     p["vort_center_y"] = d.range(c.vort_center)
     p["vort_length"] = p["vort_length"] * is_vort
@@ -355,15 +385,16 @@ def render(config: SimConfig, seed: int, split_id: int | Tensor, labels: Tensor,
     if isinstance(split_id, Tensor):
         split_id = split_id.to(device=device, dtype=torch.int64)
     k_msun = theta_E_squared_per_msun(config.z_lens, config.z_source, config.H0, config.Om0)
+    if device.type == "cuda" and device.index is None:  # the caches are keyed by it
+        device = torch.device("cuda", torch.cuda.current_device())
+    grid = class_grid_table(config, device)  # copied to the device here, never in a graph
     if backend == "fused":
         def body(words, split, labels, indices):
             keys = image_keys(words, split, labels, indices)
-            params = draw_params(config, keys, labels, k_msun)
+            params = draw_params(config, keys, labels, k_msun, grid)
             noise_key = pixel_noise_base(keys, _NOISE_STREAM)
             return min_max(fused.render_pixels(config, params, noise_key, device))[:, None], params
 
-        if device.type == "cuda" and device.index is None:  # the graph cache is keyed by it
-            device = torch.device("cuda", torch.cuda.current_device())
         # No host-to-GPU copy per batch (each would wait for the GPU: see SimulatedStream)
         words = _seed_words_on(int(seed), device)
         split = (torch.broadcast_to(split_id, labels.shape) if isinstance(split_id, Tensor)
@@ -378,7 +409,7 @@ def render(config: SimConfig, seed: int, split_id: int | Tensor, labels: Tensor,
             key = (config, labels.shape[0], str(device))
             return graphed(key, body, inputs, device)(*inputs)
     keys = image_keys(int(seed), split_id, labels, indices)
-    params = draw_params(config, keys, labels, k_msun)
+    params = draw_params(config, keys, labels, k_msun, grid)
     fn = _render_pixels
     if backend == "compile":
         fn = _COMPILED.setdefault("pixels", torch.compile(_render_pixels, dynamic=False))
