@@ -50,7 +50,9 @@ class TrainConfig:
     label_smoothing: float = 0.1
     plain_ce_during_warmup: bool = False  # the seed's trick: CE first, smoothing after warm-up
     augment: str = "d4"  # "d4" or "none"
-    amp: str = "bf16"  # "bf16" or "none" (autocast applies on CUDA only)
+    # "bf16" or "none": autocast of the training steps (on CUDA only). Validation and its BN
+    # re-estimation always run in IEEE fp32, as evaluate and predict do (_validation_pass).
+    amp: str = "bf16"
     channels_last: bool = True
     # torch.compile the training forward: "auto" = on CUDA only (1.5x on an H100, ~45 s to
     # compile, benchmarks/train_step_probe.py), "on" = also on the CPU, "off" = never
@@ -345,13 +347,9 @@ def _train(data: str, *, run: Path, dev: torch.device, dist_info: distributed.Di
             raise DarklensError(
                 f"training diverged: {stats['skipped_steps']} of {n_steps} steps in epoch "
                 f"{epoch + 1} had non-finite gradients; try a lower --lr or --set amp=none")
-        eval_net = ema.module if ema is not None else net
-        if config.bn_recalib_batches > 0:
-            eval_net = _recalibrated_copy(eval_net, config, train_split, preset, rank_batch, epoch,
-                                          dist_info, dev, sim_overrides)
-        probs = loop.predict_probs(eval_net, val.images, subtract=config.subtract, device=dev,
-                                   amp=config.amp, channels_last=config.channels_last,
-                                   batch_size=config.eval_batch_size, tta=config.tta_val)
+        eval_net, probs = _validation_pass(ema.module if ema is not None else net, val,
+                                           config, train_split, preset, rank_batch, epoch,
+                                           dist_info, dev, sim_overrides)
         if not np.isfinite(probs).all():
             raise DarklensError(f"epoch {epoch + 1}: the model outputs NaN/Inf on validation; "
                                 "try a lower --lr or --set amp=none")
@@ -424,6 +422,29 @@ def _save_epoch(run: Path, save_checkpoint, eval_net, config: TrainConfig, model
     state.write_metrics_csv(run, history)
 
 
+def _validation_pass(eval_net, val, config: TrainConfig, train_split, preset,
+                     rank_batch: int, epoch: int, dist_info, dev: torch.device,
+                     sim_overrides: dict):
+    """The network to save (BN statistics re-estimated if asked) and its val probabilities.
+
+    Both steps run in IEEE fp32 (no autocast, no TF32), the arithmetic of ``darklens evaluate``
+    and ``predict``, so the logged numbers are the ones a user reproduces from the checkpoint.
+    Validating under bf16 did not: the notebook's network amplifies bf16 rounding ~300x from its
+    first layer to its logits, and a run that validated at 0.599 accuracy in bf16 scored 0.44
+    in fp32 with the same weights (statistics estimated under bf16; session 6, H200).
+    """
+    from darklens.evaluation.inference import ieee_fp32
+
+    with ieee_fp32(dev):
+        if config.bn_recalib_batches > 0:
+            eval_net = _recalibrated_copy(eval_net, config, train_split, preset, rank_batch,
+                                          epoch, dist_info, dev, sim_overrides)
+        probs = loop.predict_probs(eval_net, val.images, subtract=config.subtract, device=dev,
+                                   amp="none", channels_last=config.channels_last,
+                                   batch_size=config.eval_batch_size, tta=config.tta_val)
+    return eval_net, probs
+
+
 def _recalibrated_copy(eval_net, config: TrainConfig, train_split, preset, rank_batch: int,
                        epoch: int, dist_info, dev: torch.device, sim_overrides: dict):
     """A copy of ``eval_net`` with BN statistics re-estimated on un-augmented train batches.
@@ -444,7 +465,7 @@ def _recalibrated_copy(eval_net, config: TrainConfig, train_split, preset, rank_
                                     epoch=epoch, rank=dist_info.rank, device=dev,
                                     overrides=sim_overrides)
     return loop.recalibrate_bn(copy.deepcopy(eval_net), batches, subtract=config.subtract,
-                               device=dev, amp=config.amp, channels_last=config.channels_last)
+                               device=dev, amp="none", channels_last=config.channels_last)
 
 
 def _summary(row: dict) -> str:
