@@ -36,8 +36,8 @@ Stages (``--stage``):
   ``darklens evaluate RUN DATA --split test`` on the same GPU. ``train`` = ``sim`` trains on
   fresh images of DATA's own preset and simulator settings (``darklens train sim:PRESET``)
   instead of DATA's train split; the test split scores it like the rest. ``model_a_accuracy`` /
-  ``model_a_macro_auc`` (``<preset>_...`` for ``--preset``) are those of the best model by test
-  macro AUC.
+  ``model_a_macro_auc`` (``<preset>[+KEY=VALUE...]_...``: the data's preset and simulator
+  overrides) are those of the best model by test macro AUC.
 * ``ddp``: ``torchrun --standalone --nproc_per_node k`` for each k of ``--gpu-counts``; steady
   images/s, speed-up vs k=1, scaling efficiency and final val accuracy. ``darklens train``'s
   ``batch_size`` is GLOBAL (split evenly over ranks), so by default every k trains the same
@@ -347,9 +347,11 @@ def _summarise_accuracy(result: dict) -> None:
     scored = {k: e for k, e in result["models"].items() if e.get("test_macro_auc") is not None}
     if scored:
         best = max(scored, key=lambda k: scored[k]["test_macro_auc"])
-        preset = result.get("data", {}).get("preset", "model_a")  # keys name the data's preset
-        result.update({"best_model": best, f"{preset}_accuracy": scored[best]["test_accuracy"],
-                       f"{preset}_macro_auc": scored[best]["test_macro_auc"]})
+        # keys name the data: its preset, plus its simulator overrides when it has any
+        data = result.get("data", {})
+        name = "+".join([data.get("preset", "model_a"), *(data.get("sim_set") or [])])
+        result.update({"best_model": best, f"{name}_accuracy": scored[best]["test_accuracy"],
+                       f"{name}_macro_auc": scored[best]["test_macro_auc"]})
 
 
 def accuracy_table(result: dict) -> str:

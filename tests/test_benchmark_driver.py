@@ -45,3 +45,13 @@ def test_sim_overrides_rebuild_the_recorded_config():
     assert to_dict(rebuilt) == recorded
     assert bench.sim_source({"preset": "model_a", "sim_set": []}) == ("sim:model_a", [])
     assert bench.sim_overrides("model_a", to_dict(get_config("model_a"))) == []
+
+
+def test_accuracy_keys_name_the_data_and_its_overrides():
+    scored = {"m": {"test_accuracy": 0.9, "test_macro_auc": 0.95}}
+    plain = {"models": scored, "data": {"preset": "model_a", "sim_set": []}}
+    bench._summarise_accuracy(plain)
+    assert plain["model_a_accuracy"] == 0.9 and plain["model_a_macro_auc"] == 0.95
+    leaky = {"models": scored, "data": {"preset": "model_a", "sim_set": ["class_grid=5"]}}
+    bench._summarise_accuracy(leaky)
+    assert "model_a_accuracy" not in leaky and leaky["model_a+class_grid=5_accuracy"] == 0.9

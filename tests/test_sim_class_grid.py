@@ -57,6 +57,23 @@ def test_class_grid_zero_is_the_physics_default():
     assert all(torch.equal(p[k], q[k]) for k in p)
 
 
+# Draws of the code before class_grid existed (commit f275f9f), bit for bit: adding the knob
+# must not move a single default draw.
+_BEFORE = {
+    "lens_light_amp": ["0x1.9eef1c0000000p-2", "0x1.b65b360000000p-4", "0x1.ec1acc0000000p-2"],
+    "gamma1": ["0x1.177c7e0000000p-6", "-0x1.c29a3e0000000p-7", "-0x1.79dd760000000p-5"],
+    "source_center_x": ["-0x1.e8a72a0000000p-1", "-0x1.01a1920000000p+0",
+                        "-0x1.56c0aa0000000p-2"],
+    "vort_angle": ["0x1.72763a0000000p-2", "0x1.1245c00000000p+1", "0x1.31dfe20000000p-2"],
+    "sub0_center_x": ["0x1.ac7d700000000p-2", "0x1.008ab20000000p-1", "-0x1.6291720000000p+0"],
+}
+
+
+def test_default_draws_are_those_of_the_code_before_class_grid():
+    _, p = _params("model_a", [0, 1, 2])
+    assert {k: [v.hex() for v in p[k].tolist()] for k in _BEFORE} == _BEFORE
+
+
 def test_pylensing_substructure_strength():
     # each of PyLensing's 25 point masses has einstein_radius sqrt(0.01)/25 * 1.2"
     c = get_config("pylensing")

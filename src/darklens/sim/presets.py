@@ -90,9 +90,11 @@ _MODEL_I = dict(
     exposure_log10=(3.0, 3.5), sky=0.0, background_rms=0.01,
 )
 
-# PyLensing's defaults (gen_params_{base,spherical,vortex}): SIS theta_E 1.2", 25 subhalos at
-# radius U(0, 1") each with einstein_radius sqrt(0.01)/25 * theta_E (so together 0.01/25 of the
-# Einstein mass), a vortex of the same total, and per-class parameter grids of 5 values.
+# PyLensing's dataset construction (gen_params_{base,spherical,vortex}, get_params) on model_a's
+# camera and light ranges: SIS theta_E 1.2", 25 subhalos at radius U(0, 1") each with
+# einstein_radius sqrt(0.01)/25 * theta_E (so together 0.01/25 of the Einstein mass), a vortex of
+# the same total, and per-class parameter grids of 5 values. Not copied: PyLensing's 100x100
+# camera at 0.1"/px, its fixed lens-light intensity 1.2 and source intensity U(0.7, 0.9).
 _PYLENSING = dict(
     preset="pylensing", theta_E=(1.2, 1.2), sub_radius=(0.0, 1.0),
     sub_mass_fraction=(0.0004, 0.0004), vort_mass_fraction=(0.0004, 0.0004), class_grid=5,

@@ -81,18 +81,25 @@ def _n_streams(config: SimConfig) -> int:
     return 32 + 3 * config.n_subhalos
 
 
-@functools.lru_cache(maxsize=16)
+_GRID_TABLES: dict = {}
+
+
 def class_grid_table(config: SimConfig, device: torch.device) -> Tensor | None:
     """(streams, 3 classes, K) uniform values each class may take, or None (class_grid 0).
 
     Drawn once from ``class_grid_seed`` with torch's CPU generator, so every split, device and
     batch size sees the same K values per class (PyLensing draws its grid once per class too).
+    Kept for the life of the process, never evicted: a captured CUDA graph reads the table by
+    its address, so freeing it would let a replay read reused memory.
     """
     if not config.class_grid:
         return None
-    g = torch.Generator().manual_seed(config.class_grid_seed)
-    table = torch.rand((_n_streams(config), 3, config.class_grid), generator=g)
-    return table.to(device)
+    key = (config.class_grid, config.class_grid_seed, _n_streams(config), str(device))
+    if key not in _GRID_TABLES:
+        g = torch.Generator().manual_seed(config.class_grid_seed)
+        table = torch.rand((_n_streams(config), 3, config.class_grid), generator=g)
+        _GRID_TABLES[key] = table.to(device)
+    return _GRID_TABLES[key]
 
 
 def draw_params(config: SimConfig, keys: tuple[Tensor, Tensor], labels: Tensor,
