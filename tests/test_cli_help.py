@@ -1,4 +1,5 @@
-"""``darklens train --help`` lists every ``--set`` key, and only real ones."""
+"""CLI text: ``darklens train --help`` lists every ``--set`` key (only real ones); darklens'
+own warnings print as one line."""
 
 import dataclasses
 import re
@@ -21,3 +22,19 @@ def test_train_help_shows_the_list(capsys):
     except SystemExit:
         pass
     assert "budget_min (fit the epochs to it)" in capsys.readouterr().out
+
+
+def test_own_warnings_print_as_one_line(tmp_path, monkeypatch):
+    import warnings
+
+    from darklens.cli import main
+
+    monkeypatch.setattr(warnings, "formatwarning", warnings.formatwarning)  # restored after
+
+    for _ in range(2):  # installing the format twice must not nest it
+        assert main(["simulate", str(tmp_path / f"d{_}"), "--preset", "pylensing", "--train",
+                     "1", "--val", "1", "--set", "image_size=16", "--device", "cpu"]) == 0
+    line = warnings.formatwarning("a message", UserWarning, main.__code__.co_filename, 1)
+    assert line == "darklens: warning: a message\n"
+    other = warnings.formatwarning("b", UserWarning, "/elsewhere/lib.py", 7, line="x = 1")
+    assert "/elsewhere/lib.py:7" in other

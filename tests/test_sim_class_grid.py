@@ -86,3 +86,17 @@ def test_pylensing_substructure_strength():
 def test_bad_class_grid():
     with pytest.raises(DarklensError, match="class_grid"):
         get_config("model_a", {"class_grid": "-1"})
+
+
+def test_writing_a_class_grid_dataset_warns(tmp_path):
+    import warnings
+
+    from darklens.sim import simulate_dataset
+
+    with pytest.warns(UserWarning, match="without seeing any substructure"):
+        simulate_dataset(tmp_path / "pyl", preset="pylensing", n_train=1, n_val=1, n_test=0,
+                         seed=0, device="cpu", progress=False, overrides=SMALL)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # model_a: no such warning
+        simulate_dataset(tmp_path / "a", preset="model_a", n_train=1, n_val=1, n_test=0,
+                         seed=0, device="cpu", progress=False, overrides=SMALL)

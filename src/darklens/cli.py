@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from darklens import __version__
 from darklens.errors import DarklensError
@@ -215,8 +216,28 @@ def _os_error_line(e: OSError) -> str:
     return f"{target}: {reason}"
 
 
+def _one_line_warnings() -> None:
+    """darklens' own warnings print as one line, like its errors; other libraries' keep their
+    file and line, which is what a bug report about them needs."""
+    import warnings
+
+    default = warnings.formatwarning
+    if getattr(default, "darklens", False):  # installed by an earlier main() in this process
+        return
+    package = str(Path(__file__).resolve().parent)
+
+    def fmt(message, category, filename, lineno, line=None):
+        if str(Path(filename).resolve()).startswith(package):
+            return f"darklens: warning: {message}\n"
+        return default(message, category, filename, lineno, line)
+
+    fmt.darklens = True
+    warnings.formatwarning = fmt
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _one_line_warnings()
     try:
         code = args.func(args)
     except DarklensError as e:

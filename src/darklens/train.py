@@ -251,6 +251,9 @@ def _train(data: str, *, run: Path, dev: torch.device, dist_info: distributed.Di
     preset = tdata.sim_preset(str(data))
     sim_overrides = parse_set_args([str(s) for s in config.sim_set])
     if preset is not None:
+        from darklens.sim.presets import get_config, warn_if_leaky
+
+        warn_if_leaky(get_config(preset, sim_overrides))
         val = tdata.simulate_val(preset, config.sim_val_per_class, seed=config.seed + 10_000,
                                  device=dev, overrides=sim_overrides)
         train_split = None

@@ -8,6 +8,7 @@ Angles are in arcsec unless named ``*_deg``; masses in solar masses. Sources: ..
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from dataclasses import dataclass
 
 from darklens.config import apply_overrides
@@ -111,6 +112,16 @@ PRESETS: dict[str, SimConfig] = {
     "model_iii": SimConfig(**{**_MODEL_I, "preset": "model_iii", "image_size": 64,
                               "pixel_scale": 0.08, "psf_fwhm": 0.15, "psf_size": 9}),
 }
+
+
+def warn_if_leaky(config: SimConfig) -> None:
+    """Warn (once per call site) that a class-grid config labels its images by construction."""
+    if config.class_grid:
+        warnings.warn(
+            f"class_grid={config.class_grid} (preset {config.preset}): each class draws its lens "
+            "and source from its own fixed values, so a classifier can tell the classes apart "
+            "without seeing any substructure. Use it to compare with numbers published on "
+            "PyLensing-built data, not to measure dark matter.", stacklevel=3)
 
 
 def list_presets() -> list[str]:

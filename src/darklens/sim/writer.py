@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from darklens import CLASSES, __version__
 from darklens.config import atomic_write_text, check_output_dir, to_dict
 from darklens.errors import DarklensError
-from darklens.sim.presets import get_config
+from darklens.sim.presets import get_config, warn_if_leaky
 from darklens.sim.rng import SPLITS
 from darklens.sim.simulator import choose_backend, render, resolve_device
 
@@ -110,6 +110,7 @@ def simulate_dataset(out, preset: str = "model_a", n_train: int = 1000, n_val: i
     """
     out = Path(out)
     config = get_config(preset, overrides)
+    warn_if_leaky(config)
     for name, n in (("--train", n_train), ("--val", n_val), ("--test", n_test)):
         if n < 0:
             raise DarklensError(f"{name}: must be >= 0, got {n}")
