@@ -31,9 +31,12 @@ def test_own_warnings_print_as_one_line(tmp_path, monkeypatch):
 
     monkeypatch.setattr(warnings, "formatwarning", warnings.formatwarning)  # restored after
 
+    installed = []
     for _ in range(2):  # installing the format twice must not nest it
         assert main(["simulate", str(tmp_path / f"d{_}"), "--preset", "pylensing", "--train",
                      "1", "--val", "1", "--set", "image_size=16", "--device", "cpu"]) == 0
+        installed.append(warnings.formatwarning)
+    assert installed[0] is installed[1]
     line = warnings.formatwarning("a message", UserWarning, main.__code__.co_filename, 1)
     assert line == "darklens: warning: a message\n"
     other = warnings.formatwarning("b", UserWarning, "/elsewhere/lib.py", 7, line="x = 1")

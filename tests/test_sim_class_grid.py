@@ -83,6 +83,18 @@ def test_pylensing_substructure_strength():
     assert torch.allclose(total, torch.tensor([25 * (0.1 / 25 * 1.2) ** 2]), rtol=1e-4)
 
 
+def test_grid_table_outlives_other_configs():
+    # a captured CUDA graph reads the table by address: it must never be freed or replaced
+    from darklens.sim.simulator import class_grid_table
+
+    config = get_config("pylensing", SMALL)
+    table = class_grid_table(config, torch.device("cpu"))
+    for k in range(40):
+        class_grid_table(get_config("pylensing", {"class_grid_seed": str(k + 1)}), "cpu")
+    assert class_grid_table(config, torch.device("cpu")) is table
+    assert class_grid_table(get_config("model_a"), "cpu") is None
+
+
 def test_bad_class_grid():
     with pytest.raises(DarklensError, match="class_grid"):
         get_config("model_a", {"class_grid": "-1"})
