@@ -246,9 +246,13 @@ def darklens_cmd(*args: str) -> list[str]:
 
 def train_args(run: Path, extra: list[str], minutes: float, fit_budget: bool = False) -> list[str]:
     """Resume an interrupted run in place (re-running the driver after a timeout continues it);
-    otherwise a fresh one under an in-loop time limit."""
+    otherwise a fresh one under an in-loop time limit.
+
+    A resumed run gets the job's settings too: ``darklens train --resume`` refuses any that
+    differ from the saved run, so re-running the driver with other ``--set`` items into the
+    same ``--runs`` fails loudly instead of silently reporting the old run as the new one."""
     if (run / "last.state.pt").exists():
-        return ["--resume"]
+        return ["--resume", *extra]
     # The loop's clock starts after data loading/compile: leave it 30 s of the job's minutes.
     # budget_min fits the epochs (and so the cosine's end) to that time after epoch 1, so a
     # slow model is not cut off at full learning rate; time_limit_min stays the hard stop.

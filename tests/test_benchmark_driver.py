@@ -26,6 +26,15 @@ def test_model_specs_take_an_optional_training_source():
         bench.parse_models("resnet18:4:fast:simulated", 12)
 
 
+def test_a_resumed_job_keeps_its_settings_so_darklens_can_refuse_changed_ones(tmp_path):
+    extra = ["--epochs", "60", "--set", "batch_size=1024"]
+    fresh = bench.train_args(tmp_path, extra, minutes=3.7, fit_budget=True)
+    assert "--resume" not in fresh and "budget_min=3.20" in fresh
+    (tmp_path / "last.state.pt").touch()
+    # the saved run's time limits stand; the job's own settings go along to be checked
+    assert bench.train_args(tmp_path, extra, minutes=3.7, fit_budget=True) == ["--resume", *extra]
+
+
 def test_jobs_sharing_a_gpu_see_that_gpu():
     slots = bench.Slots(device="cuda", n=4, per_gpu=2)
     assert [slots.env([i])["CUDA_VISIBLE_DEVICES"] for i in range(4)] == ["0", "0", "1", "1"]

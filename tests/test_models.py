@@ -340,7 +340,19 @@ def test_registered_timm_names_build_the_timm_architecture():
         assert type(ours) is type(theirs)
 
 
-@pytest.mark.parametrize("name", ["densenet_cbam", "resnet18", "efficientnet_b0"])
+def test_resnet18_hires_keeps_twice_the_resolution_in_its_first_stage():
+    seen = {}
+    for name in ("resnet18", "resnet18_hires"):
+        model = create_model(name).eval()
+        model.layer1.register_forward_hook(lambda m, i, o, name=name: seen.update({name: o.shape}))
+        with torch.no_grad():
+            model(torch.randn(1, 1, 150, 150))
+    assert seen["resnet18"][-2:] == (38, 38)
+    assert seen["resnet18_hires"][-2:] == (75, 75)
+    assert n_params(create_model("resnet18_hires")) == n_params(create_model("resnet18"))
+
+
+@pytest.mark.parametrize("name", ["densenet_cbam", "resnet18", "resnet18_hires", "efficientnet_b0"])
 @torch.no_grad()
 def test_full_models_forward(name):
     model = create_model(name).eval()

@@ -25,6 +25,21 @@ def resnet18(in_chans: int = 1, num_classes: int = 3, **kwargs) -> nn.Module:
 
 
 @register_model
+def resnet18_hires(in_chans: int = 1, num_classes: int = 3, **kwargs) -> nn.Module:
+    """timm ResNet-18 without the stem's max-pool: its first stage sees 75x75, not 38x38.
+
+    A subhalo of model_a deflects light by less than a pixel and the PSF is ~2 pixels wide, so
+    the ImageNet stem's 4x downsampling before any residual block discards the scale the
+    signal lives at. Same 11.2M parameters as resnet18, ~3.8x its FLOPs (6.4 vs 1.7 GFLOP at
+    150x150). Measured on model_a it did not pay (BENCHMARKS.md, session 7): at the same images
+    seen it scored as resnet18 does, and at batch 1024 it trains at half resnet18's rate.
+    """
+    model = _timm("resnet18", in_chans, num_classes, **kwargs)
+    model.maxpool = nn.Identity()
+    return model
+
+
+@register_model
 def resnet50(in_chans: int = 1, num_classes: int = 3, **kwargs) -> nn.Module:
     """timm ResNet-50 (23.5M parameters)."""
     return _timm("resnet50", in_chans, num_classes, **kwargs)

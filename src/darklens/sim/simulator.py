@@ -263,9 +263,10 @@ def _vortex_deflection(config: SimConfig, x: Tensor, y: Tensor, v: dict[str, Ten
     return ax, ay
 
 
-def render_noise_free(config: SimConfig, p: dict[str, Tensor], device) -> Tensor:
-    """Noise-free, PSF-convolved image (B, H, W) in flux units."""
-    x, y = pixel_grid(config, device)
+def render_noise_free(config: SimConfig, p: dict[str, Tensor], device,
+                      dtype: torch.dtype = torch.float32) -> Tensor:
+    """Noise-free, PSF-convolved image (B, H, W) in flux units (float64 for model fitting)."""
+    x, y = pixel_grid(config, device, dtype)
 
     def c(name: str) -> Tensor:
         return p[name][:, None, None]
@@ -278,7 +279,7 @@ def render_noise_free(config: SimConfig, p: dict[str, Tensor], device) -> Tensor
     image = image + P.sersic(x, y, c("lens_light_amp"), c("lens_light_R_sersic"),
                              c("lens_light_n_sersic"), c("lens_light_e1"), c("lens_light_e2"),
                              c("lens_center_x"), c("lens_center_y"))
-    return P.convolve_separable(image, P.psf_taps(config, device=device))
+    return P.convolve_separable(image, P.psf_taps(config, dtype=dtype, device=device))
 
 
 def add_noise(config: SimConfig, image: Tensor, exposure: Tensor, keys,
