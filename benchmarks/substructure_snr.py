@@ -9,16 +9,19 @@ A chi-square of order 1 would mean no classifier can tell the classes apart.
 
     PYTHONPATH=src python benchmarks/substructure_snr.py --preset model_a --images 200
 
-``--refit N`` tightens the bound for the first N images of each class: the smooth model (SIE,
-shear, lens light, Sersic source: 19 parameters) is re-fitted to the image with substructure by
+``--refit N`` tightens the bound for the first N images of each class. The smooth model (SIE,
+shear, lens light, Sersic source), with the parameters the preset's prior varies free (11 for
+model_a; those it fixes stay known), is re-fitted to the image with substructure by
 Levenberg-Marquardt from the true parameters, in float64, and the chi-square that no smooth
 model absorbs is reported. That is the Asimov statistic of the likelihood-ratio test "this
-exact substructure vs none, lens and source unknown": an observer who also knew where every
-subhalo sat. Its Bayes error for two equally likely classes is Phi(-sqrt(chi2) / 2) per image,
-so one minus two thirds of the mean of that estimates an upper bound on three-class accuracy
-(the vortex taken as perfectly recognised). It assumes a local fit finds the best smooth model
-(a worse local minimum only overstates the chi-square, so the bound stays an upper one) and
-that the prior is locally flat around it.
+exact substructure vs none, lens and source unknown", for an observer who also knew where every
+subhalo sat. Its Bayes error for two equally likely classes is Phi(-sqrt(chi2) / 2) per image;
+the no-substructure images and either other class are two thirds of a balanced set, so one
+minus two thirds of the larger pair's mean error bounds three-class accuracy from above. It
+assumes a local fit finds the best smooth model (a worse local minimum only overstates the
+chi-square, so the bound stays an upper one) and that the prior is locally flat around it. It
+grants the observer the substructure's configuration, so it is loose: it says what pixel noise
+allows, not what not knowing the subhalos costs.
 
     PYTHONPATH=src python benchmarks/substructure_snr.py --preset model_a --images 200 --refit 64
 """
@@ -52,20 +55,36 @@ def substructure_chi2(config, label: int, n_images: int, seed: int = 11) -> np.n
     return (((with_sub - without) ** 2) / var).flatten(1).sum(1).numpy()
 
 
-#: the smooth model's free parameters; the lens ellipticity as (e1, e2), not (q, phi), so the
-#: fit has no angle that is undefined for a round lens
-SMOOTH = ("theta_E", "lens_e1", "lens_e2", "lens_center_x", "lens_center_y", "gamma1", "gamma2",
-          "lens_light_amp", "lens_light_R_sersic", "lens_light_n_sersic", "lens_light_e1",
-          "lens_light_e2", "source_amp", "source_R_sersic", "source_n_sersic", "source_e1",
-          "source_e2", "source_center_x", "source_center_y")
+#: the smooth model's parameters, each with the preset range that draws it; the lens
+#: ellipticity as (e1, e2), not (q, phi), so the fit has no angle undefined for a round lens
+SMOOTH = {"theta_E": "theta_E", "lens_e1": "lens_q", "lens_e2": "lens_q",
+          "lens_center_x": "lens_center", "lens_center_y": "lens_center",
+          "gamma1": "shear_gamma", "gamma2": "shear_gamma", "lens_light_amp": "lens_light_amp",
+          "lens_light_R_sersic": "lens_light_R", "lens_light_n_sersic": "lens_light_n",
+          "lens_light_e1": "lens_light_q", "lens_light_e2": "lens_light_q",
+          "source_amp": "source_amp", "source_R_sersic": "source_R",
+          "source_n_sersic": "source_n", "source_e1": "source_q", "source_e2": "source_q",
+          "source_center_x": "source_offset", "source_center_y": "source_offset"}
 _SCALED = ("lens_light_amp", "source_amp")  # finite-difference steps relative to the value
 
 
-def _smooth_image(config, params: dict, theta: torch.Tensor) -> torch.Tensor:
-    """Noise-free float64 image of the smooth model ``theta`` (B, 19), substructure removed."""
+def free_parameters(config) -> list[str]:
+    """The smooth-model parameters the preset's prior varies (model_a: 11 of 19).
+
+    One the prior fixes (model_a's round lens at the origin, its Sersic radii and indices) is
+    known to the observer: no image without substructure has another value, so letting the fit
+    move it would let a smooth model explain more than any real one can.
+    """
+    return [name for name, key in SMOOTH.items()
+            if getattr(config, key)[1] > getattr(config, key)[0]]
+
+
+def _smooth_image(config, params: dict, theta: torch.Tensor, names: list[str]) -> torch.Tensor:
+    """Noise-free float64 image with ``names`` set to ``theta`` (B, len(names)), the other
+    parameters as drawn, and the substructure removed."""
     p = {k: (torch.zeros_like(v) if k.endswith("theta_E") and k != "theta_E" else v)
          for k, v in params.items()}
-    p.update({name: theta[:, i] for i, name in enumerate(SMOOTH)})
+    p.update({name: theta[:, i] for i, name in enumerate(names)})
     c = torch.sqrt(p["lens_e1"] ** 2 + p["lens_e2"] ** 2).clamp(max=0.9)
     p["lens_q"] = (1 - c) / (1 + c)
     p["lens_phi"] = 0.5 * torch.atan2(p["lens_e2"], p["lens_e1"])
@@ -91,12 +110,13 @@ def refit_chi2(config, label: int, n_images: int, seed: int = 11, iters: int = 3
                            k_msun)
     params = {k: v.double() for k, v in params.items()}
     data = S.render_noise_free(config, params, "cpu", dtype=torch.float64)
-    truth = torch.stack([params[name] for name in SMOOTH], 1)
-    smooth = _smooth_image(config, params, truth)
+    names = free_parameters(config)
+    truth = torch.stack([params[name] for name in names], 1)
+    smooth = _smooth_image(config, params, truth, names)
     sigma = torch.sqrt((smooth.clamp(min=0) + config.sky) / params["exposure"][:, None, None]
                        + config.background_rms**2)
     step = torch.full_like(truth, 1e-6)
-    for i, name in enumerate(SMOOTH):
+    for i, name in enumerate(names):
         if name in _SCALED:
             step[:, i] = 1e-6 * truth[:, i].abs().clamp(min=1e-3)
     noise = torch.randn(truth.shape, dtype=truth.dtype,
@@ -104,21 +124,21 @@ def refit_chi2(config, label: int, n_images: int, seed: int = 11, iters: int = 3
     theta = truth + start_offset * 1e3 * step * noise
 
     def chi2(t: torch.Tensor) -> torch.Tensor:
-        return (((data - _smooth_image(config, params, t)) / sigma) ** 2).flatten(1).sum(1)
+        return (((data - _smooth_image(config, params, t, names)) / sigma) ** 2).flatten(1).sum(1)
 
     current = chi2(theta)
     before = current
     damping = torch.full((n_images,), 1e-3, dtype=torch.float64)
     for _ in range(iters):
-        resid = ((data - _smooth_image(config, params, theta)) / sigma).flatten(1)  # (B, P)
+        resid = ((data - _smooth_image(config, params, theta, names)) / sigma).flatten(1)
         jac = []
-        for i in range(len(SMOOTH)):  # central differences: (B, P) per parameter
+        for i in range(len(names)):  # central differences: (B, pixels) per parameter
             d = torch.zeros_like(theta)
             d[:, i] = step[:, i]
-            diff = (_smooth_image(config, params, theta + d)
-                    - _smooth_image(config, params, theta - d))
+            diff = (_smooth_image(config, params, theta + d, names)
+                    - _smooth_image(config, params, theta - d, names))
             jac.append((diff / (2 * step[:, i, None, None]) / sigma).flatten(1))
-        jac = torch.stack(jac, 2)  # (B, P, 19)
+        jac = torch.stack(jac, 2)  # (B, pixels, parameters)
         jtj = jac.transpose(1, 2) @ jac
         jtr = (jac.transpose(1, 2) @ resid[:, :, None])[:, :, 0]
         eye = torch.diag_embed(torch.diagonal(jtj, dim1=1, dim2=2).clamp(min=1e-12))
@@ -128,7 +148,7 @@ def refit_chi2(config, label: int, n_images: int, seed: int = 11, iters: int = 3
         theta = torch.where(better[:, None], theta + delta, theta)
         current = torch.where(better, trial, current)
         damping = torch.where(better, damping / 3, damping * 4).clamp(1e-9, 1e9)
-    return before.numpy(), current.numpy(), (theta - truth)[:, 0].numpy()
+    return before.numpy(), current.numpy(), (theta - truth)[:, names.index("theta_E")].numpy()
 
 
 def bayes_error(chi2: np.ndarray) -> np.ndarray:
@@ -157,11 +177,13 @@ def main(argv=None):
         print(f"{a.preset} {name:6s} chi2 10/50/90%: "
               + " / ".join(f"{v:,.0f}" for v in result[name].values()))
     if a.refit:
-        torch.set_num_threads(max(1, torch.get_num_threads()))
-        _, control, _ = refit_chi2(config, 0, a.refit, iters=a.iters, start_offset=10.0)
-        result["no_substructure_control_chi2_p50_p90"] = [
-            round(float(np.percentile(control, p)), 3) for p in (50, 90)]
-        print(f"control: smooth images fitted from a perturbed start, chi2 50/90%: "
+        result["free_parameters"] = free_parameters(config)
+        start, control, _ = refit_chi2(config, 0, a.refit, iters=a.iters, start_offset=40.0)
+        result["no_substructure_control"] = {
+            f"{what}_chi2_p{p}": float(f"{np.percentile(x2, p):.3g}")
+            for what, x2 in (("start", start), ("fitted", control)) for p in (50, 90)}
+        print(f"control: smooth images fitted from a perturbed start (chi2 50/90%: "
+              f"{np.percentile(start, 50):,.0f} / {np.percentile(start, 90):,.0f}), chi2 50/90%: "
               f"{np.percentile(control, 50):.3g} / {np.percentile(control, 90):.3g}")
         pair_error = {}
         for label, name in ((1, "sphere"), (2, "vort")):
@@ -182,7 +204,9 @@ def main(argv=None):
                   + ", re-fitted " + " / ".join(f"{np.percentile(refit, p):,.1f}"
                                                 for p in (10, 50, 90))
                   + f"; Bayes error against no substructure {pair_error[name]:.4f}")
-        bound = 1 - 2 / 3 * pair_error["sphere"]
+        # the no-substructure images and one other class, confused at best at their pair's
+        # Bayes error, are two thirds of the images
+        bound = 1 - 2 / 3 * max(pair_error.values())
         result["three_class_accuracy_bound"] = round(bound, 4)
         print(f"estimated upper bound on three-class accuracy: {bound:.4f}")
     print(json.dumps(result))

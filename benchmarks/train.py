@@ -303,7 +303,10 @@ def accuracy_job(a, slots: Slots, spec, slot: int, result: dict) -> None:
         entry.update(command=" ".join(["darklens", *cmd[3:]]), train_returncode=tr["returncode"],
                      train_killed=tr["killed"], train_wall_min=tr["wall_s"] / 60)
         entry.update(train_summary(run))
-        if (run / "best.json").exists():
+        # A run that exited with an error (a crash, or --resume refusing changed settings) may
+        # still hold an older best.json: scoring that would report the old run as this one.
+        failed = tr["returncode"] != 0 and not tr["killed"]
+        if not failed and (run / "best.json").exists():
             entry["params"] = count_params(run)
             ev = run_limited(darklens_cmd("evaluate", str(run), str(a.data), "--split",
                                           a.eval_split, "--out", str(run / f"eval_{a.eval_split}"),
@@ -317,6 +320,8 @@ def accuracy_job(a, slots: Slots, spec, slot: int, result: dict) -> None:
                              test_micro_auc=r["auc"]["micro"], eval_split=a.eval_split)
             entry["eval_wall_min"] = ev["wall_s"] / 60
         entry["status"] = "ok" if "test_macro_auc" in entry else "failed: see log"
+        if failed:
+            entry["status"] = f"failed: darklens train exited {tr['returncode']}, see {log}"
         if tr["killed"]:
             entry["status"] += " (train killed at the wall limit)"
         entry["wall_min"] = entry["train_wall_min"] + entry.get("eval_wall_min", 0.0)

@@ -1,6 +1,7 @@
 """The training benchmark driver's own logic (no training): job specs, GPU sharing, and the
 simulator overrides that make ``sim:`` training draw from the scored dataset's population."""
 
+import argparse
 import importlib.util
 import json
 import sys
@@ -33,6 +34,44 @@ def test_a_resumed_job_keeps_its_settings_so_darklens_can_refuse_changed_ones(tm
     (tmp_path / "last.state.pt").touch()
     # the saved run's time limits stand; the job's own settings go along to be checked
     assert bench.train_args(tmp_path, extra, minutes=3.7, fit_budget=True) == ["--resume", *extra]
+
+
+@pytest.mark.parametrize("returncode, killed, scored", [(0, False, True), (2, False, False),
+                                                        (-9, True, True)])
+def test_a_job_whose_training_failed_is_not_scored_from_an_old_checkpoint(
+        tmp_path, monkeypatch, returncode, killed, scored):
+    """A refused --resume (exit 2) leaves the previous run's best.json: never report it."""
+    run = tmp_path / "runs" / "resnet18-fast"
+    run.mkdir(parents=True)
+    (run / "best.json").write_text("{}")
+    (run / "last.state.pt").touch()
+    calls = []
+
+    def fake_run(cmd, env, log, limit_s):
+        calls.append(cmd)
+        if "evaluate" in cmd:
+            out = run / "eval_test"
+            out.mkdir(exist_ok=True)
+            (out / "report.json").write_text(json.dumps(
+                {"accuracy": 0.5, "auc": {"macro": 0.7, "micro": 0.7},
+                 "ci95": {"macro_auc": [0.6, 0.8]}}))
+            return {"returncode": 0, "killed": False, "wall_s": 1.0}
+        return {"returncode": returncode, "killed": killed, "wall_s": 1.0}
+
+    monkeypatch.setattr(bench, "run_limited", fake_run)
+    monkeypatch.setattr(bench, "count_params", lambda run: 1)
+    a = argparse.Namespace(data=tmp_path / "data", runs=tmp_path / "runs", set=[],
+                           json=tmp_path / "r.json", job_minutes=3.0, eval_minutes=0.5,
+                           eval_split="test", budget_min=0.0, deadline=0.0)
+    result = {"models": {}, "data": {"preset": "model_a"}}
+    bench.accuracy_job(a, bench.Slots(device="cpu", n=1), ("resnet18", 5, "fast", "data"), 0,
+                       result)
+    entry = result["models"]["resnet18-fast"]
+    assert ("test_accuracy" in entry) == scored
+    assert any("evaluate" in c for c in calls) == scored
+    if not scored:
+        assert entry["status"].startswith("failed: darklens train exited 2")
+        assert "model_a_accuracy" not in result
 
 
 def test_jobs_sharing_a_gpu_see_that_gpu():
