@@ -55,28 +55,51 @@ def substructure_chi2(config, label: int, n_images: int, seed: int = 11) -> np.n
     return (((with_sub - without) ** 2) / var).flatten(1).sum(1).numpy()
 
 
-#: the smooth model's parameters, each with the preset range that draws it; the lens
-#: ellipticity as (e1, e2), not (q, phi), so the fit has no angle undefined for a round lens
-SMOOTH = {"theta_E": "theta_E", "lens_e1": "lens_q", "lens_e2": "lens_q",
-          "lens_center_x": "lens_center", "lens_center_y": "lens_center",
-          "gamma1": "shear_gamma", "gamma2": "shear_gamma", "lens_light_amp": "lens_light_amp",
-          "lens_light_R_sersic": "lens_light_R", "lens_light_n_sersic": "lens_light_n",
-          "lens_light_e1": "lens_light_q", "lens_light_e2": "lens_light_q",
-          "source_amp": "source_amp", "source_R_sersic": "source_R",
-          "source_n_sersic": "source_n", "source_e1": "source_q", "source_e2": "source_q",
-          "source_center_x": "source_offset", "source_center_y": "source_offset"}
+#: the smooth model's parameters; the lens ellipticity as (e1, e2), not (q, phi), so the fit
+#: has no angle undefined for a round lens
+SMOOTH = ("theta_E", "lens_e1", "lens_e2", "lens_center_x", "lens_center_y", "gamma1", "gamma2",
+          "lens_light_amp", "lens_light_R_sersic", "lens_light_n_sersic", "lens_light_e1",
+          "lens_light_e2", "source_amp", "source_R_sersic", "source_n_sersic", "source_e1",
+          "source_e2", "source_center_x", "source_center_y")
 _SCALED = ("lens_light_amp", "source_amp")  # finite-difference steps relative to the value
 
 
 def free_parameters(config) -> list[str]:
-    """The smooth-model parameters the preset's prior varies (model_a: 11 of 19).
+    """The smooth-model parameters that the preset's prior varies from image to image.
 
-    One the prior fixes (model_a's round lens at the origin, its Sersic radii and indices) is
-    known to the observer: no image without substructure has another value, so letting the fit
-    move it would let a smooth model explain more than any real one can.
+    As ``draw_params`` draws them: a magnitude from its range, and for the ellipticities, the
+    shear and the source position also an angle, random (light, source) or from its range (lens,
+    shear), which varies the pair unless the magnitude is fixed at zero (q = 1, no shear, no
+    offset). A parameter the prior fixes (model_a's round lens at the origin, its Sersic radii
+    and indices) is known to the observer: no image without substructure has another value, so
+    letting the fit move it would let a smooth model explain more than any real one can.
     """
-    return [name for name, key in SMOOTH.items()
-            if getattr(config, key)[1] > getattr(config, key)[0]]
+    c = config
+
+    def varies(r) -> bool:
+        return r[1] > r[0]
+
+    def pair(magnitude, angle_varies: bool, zero: float) -> bool:
+        return varies(magnitude) or (angle_varies and magnitude != (zero, zero))
+
+    free = {
+        "theta_E": varies(c.theta_E),
+        **dict.fromkeys(("lens_e1", "lens_e2"), pair(c.lens_q, varies(c.lens_phi_deg), 1.0)),
+        **dict.fromkeys(("lens_center_x", "lens_center_y"), varies(c.lens_center)),
+        **dict.fromkeys(("gamma1", "gamma2"),
+                        pair(c.shear_gamma, varies(c.shear_phi_deg), 0.0)),
+        "lens_light_amp": varies(c.lens_light_amp),
+        "lens_light_R_sersic": varies(c.lens_light_R),
+        "lens_light_n_sersic": varies(c.lens_light_n),
+        **dict.fromkeys(("lens_light_e1", "lens_light_e2"), pair(c.lens_light_q, True, 1.0)),
+        "source_amp": varies(c.source_amp),
+        "source_R_sersic": varies(c.source_R),
+        "source_n_sersic": varies(c.source_n),
+        **dict.fromkeys(("source_e1", "source_e2"), pair(c.source_q, True, 1.0)),
+        **dict.fromkeys(("source_center_x", "source_center_y"),
+                        pair(c.source_offset, True, 0.0)),
+    }
+    return [name for name in SMOOTH if free[name]]
 
 
 def _smooth_image(config, params: dict, theta: torch.Tensor, names: list[str]) -> torch.Tensor:
@@ -148,7 +171,9 @@ def refit_chi2(config, label: int, n_images: int, seed: int = 11, iters: int = 3
         theta = torch.where(better[:, None], theta + delta, theta)
         current = torch.where(better, trial, current)
         damping = torch.where(better, damping / 3, damping * 4).clamp(1e-9, 1e9)
-    return before.numpy(), current.numpy(), (theta - truth)[:, names.index("theta_E")].numpy()
+    shift = ((theta - truth)[:, names.index("theta_E")].numpy() if "theta_E" in names
+             else np.zeros(n_images))  # a fixed theta_E does not move
+    return before.numpy(), current.numpy(), shift
 
 
 def bayes_error(chi2: np.ndarray) -> np.ndarray:

@@ -302,10 +302,12 @@ def accuracy_job(a, slots: Slots, spec, slot: int, result: dict) -> None:
         tr = run_limited(cmd, env=env, log=log, limit_s=60 * (minutes + 1))
         entry.update(command=" ".join(["darklens", *cmd[3:]]), train_returncode=tr["returncode"],
                      train_killed=tr["killed"], train_wall_min=tr["wall_s"] / 60)
-        entry.update(train_summary(run))
         # A run that exited with an error (a crash, or --resume refusing changed settings) may
-        # still hold an older best.json: scoring that would report the old run as this one.
+        # still hold an older metrics.csv and best.json: reporting or scoring them would pass
+        # the old run off as this one.
         failed = tr["returncode"] != 0 and not tr["killed"]
+        if not failed:
+            entry.update(train_summary(run))
         if not failed and (run / "best.json").exists():
             entry["params"] = count_params(run)
             ev = run_limited(darklens_cmd("evaluate", str(run), str(a.data), "--split",

@@ -45,6 +45,8 @@ def test_a_job_whose_training_failed_is_not_scored_from_an_old_checkpoint(
     run.mkdir(parents=True)
     (run / "best.json").write_text("{}")
     (run / "last.state.pt").touch()
+    (run / "metrics.csv").write_text("epoch,accuracy,auc_macro,train_images_per_s\n"
+                                     "1,0.4,0.6,1000\n")
     calls = []
 
     def fake_run(cmd, env, log, limit_s):
@@ -68,6 +70,7 @@ def test_a_job_whose_training_failed_is_not_scored_from_an_old_checkpoint(
                        result)
     entry = result["models"]["resnet18-fast"]
     assert ("test_accuracy" in entry) == scored
+    assert ("val_accuracy" in entry) == scored  # nor the old run's training numbers
     assert any("evaluate" in c for c in calls) == scored
     if not scored:
         assert entry["status"].startswith("failed: darklens train exited 2")

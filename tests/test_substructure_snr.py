@@ -22,7 +22,18 @@ def test_the_fit_frees_only_what_the_prior_varies():
     assert len(free) == 11 and "theta_E" in free and "source_center_x" in free
     # model_a's lens is round and at the origin, its Sersic radii and indices fixed
     assert not {"lens_e1", "lens_center_x", "source_R_sersic", "lens_light_n_sersic"} & set(free)
-    assert len(snr.free_parameters(get_config("model_i", {}))) < len(snr.SMOOTH)
+    # a fixed magnitude with a random angle still varies the pair (unless it is q=1, no shear)
+    varied = snr.free_parameters(get_config("model_a", {"lens_light_q": "0.7", "lens_q": "0.8",
+                                                        "shear_gamma": "0.1"}))
+    assert {"lens_light_e1", "lens_e2", "gamma1"} <= set(varied)
+    assert "gamma1" not in snr.free_parameters(get_config("model_a", {"shear_gamma": "0"}))
+
+
+def test_refit_runs_on_a_preset_whose_theta_E_is_fixed():
+    config = get_config("model_i", {"image_size": "48", "pixel_scale": "0.1"})
+    assert "theta_E" not in snr.free_parameters(config)
+    fixed, refit, shift = snr.refit_chi2(config, 1, 2, iters=3)
+    assert (refit <= fixed).all() and (shift == 0).all()
 
 
 def test_refit_recovers_a_smooth_lens_from_a_perturbed_start():

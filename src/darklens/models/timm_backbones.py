@@ -31,8 +31,8 @@ def resnet18_hires(in_chans: int = 1, num_classes: int = 3, **kwargs) -> nn.Modu
     A subhalo of model_a deflects light by less than a pixel and the PSF is ~2 pixels wide, so
     the ImageNet stem's 4x downsampling before any residual block discards the scale the
     signal lives at. Same 11.2M parameters as resnet18, ~3.8x its FLOPs (6.4 vs 1.7 GFLOP at
-    150x150). Measured on model_a it did not pay (BENCHMARKS.md, session 7): it never beat
-    resnet18, per minute or per image seen, and at batch 1024 it trains at half its rate.
+    150x150). Measured on model_a it did not pay (BENCHMARKS.md, session 7): no clear gain over
+    resnet18 per image seen, and at batch 1024 it trains at half its rate.
     """
     model = _timm("resnet18", in_chans, num_classes, **kwargs)
     model.maxpool = nn.Identity()
