@@ -429,7 +429,8 @@ def stage_ddp(a: argparse.Namespace, result: dict) -> None:
                    *train_args(run, extra, minutes)]
             tr = run_limited(cmd, env=slots.env(list(range(k))), log=run / "log.txt",
                              limit_s=60 * (minutes + 1))
-            rows = read_metrics(run / "metrics.csv")
+            failed = tr["returncode"] != 0 and not tr["killed"]  # e.g. a refused --resume:
+            rows = [] if failed else read_metrics(run / "metrics.csv")  # not the old run's rows
             entry.update(run_batch(run))
             entry.update(command=" ".join(["torchrun", *cmd[3:]]), returncode=tr["returncode"],
                          killed=tr["killed"], wall_min=tr["wall_s"] / 60, epochs_done=len(rows))

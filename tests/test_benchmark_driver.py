@@ -77,6 +77,24 @@ def test_a_job_whose_training_failed_is_not_scored_from_an_old_checkpoint(
         assert "model_a_accuracy" not in result
 
 
+def test_a_ddp_run_whose_training_failed_reports_no_speed(tmp_path, monkeypatch):
+    run = tmp_path / "runs" / "ddp1"
+    run.mkdir(parents=True)
+    (run / "last.state.pt").touch()
+    (run / "metrics.csv").write_text("epoch,accuracy,auc_macro,train_images_per_s\n"
+                                     "1,0.4,0.6,1000\n2,0.5,0.7,1200\n")
+    monkeypatch.setattr(bench, "run_limited", lambda cmd, env, log, limit_s: {
+        "returncode": 2, "killed": False, "wall_s": 1.0})
+    a = argparse.Namespace(data=tmp_path / "data", runs=tmp_path / "runs", set=[],
+                           json=tmp_path / "r.json", job_minutes=3.0, budget_min=0.0,
+                           deadline=0.0, gpu_counts="1", model="resnet_tiny", recipe="fast",
+                           epochs=2, device="cpu", per_gpu_batch=0)
+    result = {}
+    bench.stage_ddp(a, result)
+    entry = result["scaling"]["1"]
+    assert "images_per_s" not in entry and entry["status"].startswith("incomplete")
+
+
 def test_jobs_sharing_a_gpu_see_that_gpu():
     slots = bench.Slots(device="cuda", n=4, per_gpu=2)
     assert [slots.env([i])["CUDA_VISIBLE_DEVICES"] for i in range(4)] == ["0", "0", "1", "1"]
