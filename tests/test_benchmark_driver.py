@@ -124,3 +124,25 @@ def test_accuracy_keys_name_the_data_and_its_overrides():
     leaky = {"models": scored, "data": {"preset": "model_a", "sim_set": ["class_grid=5"]}}
     bench._summarise_accuracy(leaky)
     assert "model_a_accuracy" not in leaky and leaky["model_a+class_grid=5_accuracy"] == 0.9
+
+
+def test_stage_probe_covers_the_whole_network():
+    """benchmarks/stage_probe.py: its stages' FLOPs add up to the whole model's step."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from darklens.models import create_model
+
+    spec = importlib.util.spec_from_file_location(
+        "stage_probe", Path(__file__).resolve().parents[1] / "benchmarks" / "stage_probe.py")
+    probe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(probe)
+    rows = probe.probe("densenet_cbam_tiny", batch=2, size=40, device="cpu",
+                       compile_stages=False, amp=False, iters=1, warmup=0)
+    assert [r["stage"] for r in rows] == list(probe.STAGES)
+    torch.manual_seed(0)
+    net = create_model("densenet_cbam_tiny").train()
+    with FlopCounterMode(display=False) as whole:
+        net(torch.rand(2, 1, 40, 40)).float().square().mean().backward()
+    assert abs(sum(r["gflop"] for r in rows) * 1e9 - whole.get_total_flops()) < 1e3
+    assert rows[-1]["out_shape"] == [3] and abs(sum(r["share"] for r in rows) - 1) < 1e-9
