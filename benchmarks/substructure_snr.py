@@ -40,19 +40,27 @@ from darklens.sim.presets import get_config
 from darklens.sim.rng import image_keys
 
 
-def substructure_chi2(config, label: int, n_images: int, seed: int = 11) -> np.ndarray:
-    """(n_images,) chi-square of the substructure of class ``label`` (1 sphere, 2 vort)."""
+def _drawn_params(config, label: int, n_images: int, seed: int) -> dict[str, torch.Tensor]:
+    """The simulator's parameters of the first ``n_images`` of class ``label`` (train split)."""
     k_msun = theta_E_squared_per_msun(config.z_lens, config.z_source, config.H0, config.Om0)
     labels = torch.full((n_images,), label)
-    params = S.draw_params(config, image_keys(seed, 0, labels, torch.arange(n_images)), labels,
-                           k_msun)
+    return S.draw_params(config, image_keys(seed, 0, labels, torch.arange(n_images)), labels,
+                         k_msun)
+
+
+def _without_substructure(params: dict) -> dict:
+    """The same parameters with every subhalo and the vortex massless (the lens keeps its)."""
+    return {k: (torch.zeros_like(v) if k.endswith("theta_E") and k != "theta_E" else v)
+            for k, v in params.items()}  # sub{i}_theta_E and vort_theta_E
+
+
+def substructure_chi2(config, label: int, n_images: int, seed: int = 11) -> np.ndarray:
+    """(n_images,) chi-square of the substructure of class ``label`` (1 sphere, 2 vort)."""
+    params = _drawn_params(config, label, n_images, seed)
     with_sub = S.render_noise_free(config, params, "cpu")
-    massless = {k: (torch.zeros_like(v) if k.endswith("theta_E") and k != "theta_E" else v)
-                for k, v in params.items()}  # sub{i}_theta_E and vort_theta_E, not the lens
-    without = S.render_noise_free(config, massless, "cpu")
-    var = ((without.clamp(min=0) + config.sky) / params["exposure"][:, None, None]
-           + config.background_rms**2)
-    return (((with_sub - without) ** 2) / var).flatten(1).sum(1).numpy()
+    without = S.render_noise_free(config, _without_substructure(params), "cpu")
+    sigma = S.noise_sigma(config, without, params["exposure"])
+    return (((with_sub - without) / sigma) ** 2).flatten(1).sum(1).numpy()
 
 
 #: the smooth model's parameters; the lens ellipticity as (e1, e2), not (q, phi), so the fit
@@ -105,8 +113,7 @@ def free_parameters(config) -> list[str]:
 def _smooth_image(config, params: dict, theta: torch.Tensor, names: list[str]) -> torch.Tensor:
     """Noise-free float64 image with ``names`` set to ``theta`` (B, len(names)), the other
     parameters as drawn, and the substructure removed."""
-    p = {k: (torch.zeros_like(v) if k.endswith("theta_E") and k != "theta_E" else v)
-         for k, v in params.items()}
+    p = _without_substructure(params)
     p.update({name: theta[:, i] for i, name in enumerate(names)})
     c = torch.sqrt(p["lens_e1"] ** 2 + p["lens_e2"] ** 2).clamp(max=0.9)
     p["lens_q"] = (1 - c) / (1 + c)
@@ -127,17 +134,12 @@ def refit_chi2(config, label: int, n_images: int, seed: int = 11, iters: int = 3
         start_offset: start the fit this far (in units of each parameter's finite-difference
             scale x 1e3) from the truth: the no-substructure control, which must fit to ~0.
     """
-    k_msun = theta_E_squared_per_msun(config.z_lens, config.z_source, config.H0, config.Om0)
-    labels = torch.full((n_images,), label)
-    params = S.draw_params(config, image_keys(seed, 0, labels, torch.arange(n_images)), labels,
-                           k_msun)
-    params = {k: v.double() for k, v in params.items()}
+    params = {k: v.double() for k, v in _drawn_params(config, label, n_images, seed).items()}
     data = S.render_noise_free(config, params, "cpu", dtype=torch.float64)
     names = free_parameters(config)
     truth = torch.stack([params[name] for name in names], 1)
     smooth = _smooth_image(config, params, truth, names)
-    sigma = torch.sqrt((smooth.clamp(min=0) + config.sky) / params["exposure"][:, None, None]
-                       + config.background_rms**2)
+    sigma = S.noise_sigma(config, smooth, params["exposure"])
     step = torch.full_like(truth, 1e-6)
     for i, name in enumerate(names):
         if name in _SCALED:
@@ -146,14 +148,14 @@ def refit_chi2(config, label: int, n_images: int, seed: int = 11, iters: int = 3
                         generator=torch.Generator().manual_seed(seed))
     theta = truth + start_offset * 1e3 * step * noise
 
-    def chi2(t: torch.Tensor) -> torch.Tensor:
-        return (((data - _smooth_image(config, params, t, names)) / sigma) ** 2).flatten(1).sum(1)
+    def residual(t: torch.Tensor) -> torch.Tensor:  # (B, pixels), in units of the noise
+        return ((data - _smooth_image(config, params, t, names)) / sigma).flatten(1)
 
-    current = chi2(theta)
+    resid = residual(theta)
+    current = resid.square().sum(1)
     before = current
     damping = torch.full((n_images,), 1e-3, dtype=torch.float64)
     for _ in range(iters):
-        resid = ((data - _smooth_image(config, params, theta, names)) / sigma).flatten(1)
         jac = []
         for i in range(len(names)):  # central differences: (B, pixels) per parameter
             d = torch.zeros_like(theta)
@@ -166,9 +168,11 @@ def refit_chi2(config, label: int, n_images: int, seed: int = 11, iters: int = 3
         jtr = (jac.transpose(1, 2) @ resid[:, :, None])[:, :, 0]
         eye = torch.diag_embed(torch.diagonal(jtj, dim1=1, dim2=2).clamp(min=1e-12))
         delta = torch.linalg.solve(jtj + damping[:, None, None] * eye, jtr)
-        trial = chi2(theta + delta)
+        trial_resid = residual(theta + delta)
+        trial = trial_resid.square().sum(1)
         better = trial < current
         theta = torch.where(better[:, None], theta + delta, theta)
+        resid = torch.where(better[:, None], trial_resid, resid)  # no re-render next iteration
         current = torch.where(better, trial, current)
         damping = torch.where(better, damping / 3, damping * 4).clamp(1e-9, 1e9)
     shift = ((theta - truth)[:, names.index("theta_E")].numpy() if "theta_E" in names

@@ -244,6 +244,13 @@ def darklens_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "darklens", *args]
 
 
+def training_failed(tr: dict) -> bool:
+    """``darklens train`` exited with an error (a crash, or ``--resume`` refusing changed
+    settings), not at the wall limit. Its folder may still hold an older run's metrics.csv and
+    best.json: reporting or scoring them would pass the old run off as this one."""
+    return tr["returncode"] != 0 and not tr["killed"]
+
+
 def train_args(run: Path, extra: list[str], minutes: float, fit_budget: bool = False) -> list[str]:
     """Resume an interrupted run in place (re-running the driver after a timeout continues it);
     otherwise a fresh one under an in-loop time limit.
@@ -302,10 +309,7 @@ def accuracy_job(a, slots: Slots, spec, slot: int, result: dict) -> None:
         tr = run_limited(cmd, env=env, log=log, limit_s=60 * (minutes + 1))
         entry.update(command=" ".join(["darklens", *cmd[3:]]), train_returncode=tr["returncode"],
                      train_killed=tr["killed"], train_wall_min=tr["wall_s"] / 60)
-        # A run that exited with an error (a crash, or --resume refusing changed settings) may
-        # still hold an older metrics.csv and best.json: reporting or scoring them would pass
-        # the old run off as this one.
-        failed = tr["returncode"] != 0 and not tr["killed"]
+        failed = training_failed(tr)
         if not failed:
             entry.update(train_summary(run))
         if not failed and (run / "best.json").exists():
@@ -429,8 +433,7 @@ def stage_ddp(a: argparse.Namespace, result: dict) -> None:
                    *train_args(run, extra, minutes)]
             tr = run_limited(cmd, env=slots.env(list(range(k))), log=run / "log.txt",
                              limit_s=60 * (minutes + 1))
-            failed = tr["returncode"] != 0 and not tr["killed"]  # e.g. a refused --resume:
-            rows = [] if failed else read_metrics(run / "metrics.csv")  # not the old run's rows
+            rows = [] if training_failed(tr) else read_metrics(run / "metrics.csv")
             entry.update(run_batch(run))
             entry.update(command=" ".join(["torchrun", *cmd[3:]]), returncode=tr["returncode"],
                          killed=tr["killed"], wall_min=tr["wall_s"] / 60, epochs_done=len(rows))

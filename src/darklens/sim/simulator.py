@@ -282,6 +282,13 @@ def render_noise_free(config: SimConfig, p: dict[str, Tensor], device,
     return P.convolve_separable(image, P.psf_taps(config, dtype=dtype, device=device))
 
 
+def noise_sigma(config: SimConfig, image: Tensor, exposure: Tensor) -> Tensor:
+    """Per-pixel noise (B, H, W) of a noise-free ``image``: Poisson on signal + sky (as a
+    Gaussian with variance = counts), plus background noise."""
+    counts_var = (torch.clamp(image, min=0.0) + config.sky) / exposure[:, None, None]
+    return torch.sqrt(counts_var + config.background_rms**2)
+
+
 def add_noise(config: SimConfig, image: Tensor, exposure: Tensor, keys,
               tables: tuple[Tensor, Tensor] | None = None) -> Tensor:
     """Poisson (as Gaussian with variance = counts) on signal + sky, plus background noise.
@@ -291,8 +298,7 @@ def add_noise(config: SimConfig, image: Tensor, exposure: Tensor, keys,
     """
     if not config.noise:
         return image
-    counts_var = (torch.clamp(image, min=0.0) + config.sky) / exposure[:, None, None]
-    sigma = torch.sqrt(counts_var + config.background_rms**2)
+    sigma = noise_sigma(config, image, exposure)
     if _eager_cpu(image.device):
         normal = _cpu_normal(keys, tuple(image.shape[-2:]))
     else:  # hashed per pixel: one fused, batch-independent kernel under torch.compile
