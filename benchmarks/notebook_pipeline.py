@@ -83,7 +83,8 @@ def main(argv: list[str] | None = None) -> dict:
                               pin_memory=True, drop_last=True, batch_size=a.batch)
     val_loader = DataLoader(Len(val_items), shuffle=False, num_workers=a.workers,
                             pin_memory=True, drop_last=False, batch_size=a.batch)
-    model = create_model("densenet_cbam", seed_exact=True).to(device)
+    # the notebook's layer order too (transitions: conv, then pool)
+    model = create_model("densenet_cbam", seed_exact=True, pool_first=False).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-4, weight_decay=1e-5)
     steps = len(train_loader)
     scheduler = torch.optim.lr_scheduler.LambdaLR(

@@ -21,6 +21,7 @@ import json
 import time
 
 import torch
+import yaml
 from torch.utils.flop_counter import FlopCounterMode
 
 from darklens.models import create_model
@@ -60,9 +61,9 @@ def _step(module, x: torch.Tensor, amp: bool):
 
 
 def probe(model: str, batch: int, size: int, device: str, compile_stages: bool, amp: bool,
-          iters: int, warmup: int) -> list[dict]:
+          iters: int, warmup: int, kwargs: dict | None = None) -> list[dict]:
     dev = torch.device(device)
-    net = create_model(model).to(dev).train()
+    net = create_model(model, **(kwargs or {})).to(dev).train()
     fmt = torch.channels_last
     net = net.to(memory_format=fmt)
     stages = stage_modules(net)
@@ -100,6 +101,8 @@ def probe(model: str, batch: int, size: int, device: str, compile_stages: bool, 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="densenet_cbam")
+    ap.add_argument("--kwargs", default="{}",
+                    help='model kwargs (YAML), e.g. "{pool_first: false}"')
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--size", type=int, default=150)
     ap.add_argument("--device", default="cuda", help="cpu: a smoke run of the script itself")
@@ -109,7 +112,8 @@ def main(argv=None) -> None:
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--out", default=None)
     a = ap.parse_args(argv)
-    rows = probe(a.model, a.batch, a.size, a.device, a.compile, not a.no_amp, a.iters, a.warmup)
+    rows = probe(a.model, a.batch, a.size, a.device, a.compile, not a.no_amp, a.iters, a.warmup,
+                 yaml.safe_load(a.kwargs) or {})
     print(f"{'stage':14s} {'ms':>8s} {'share':>6s} {'GFLOP':>8s} {'TFLOP/s':>8s} "
           f"{'in+out MB':>9s}  shapes")
     for r in rows:

@@ -17,7 +17,8 @@ non-finite check moved onto the device), ``ema`` (0.998; 0 disables), ``prelu`` 
 model's PReLUs are computed, same weights and values: ``model`` = the model's own; ``module`` =
 torch's ``nn.PReLU``; ``where`` = ``torch.where`` with autograd's own weight gradient;
 ``split`` = a custom backward that sums the weight gradient per sample first, then over the
-batch; the model's own splits it into many more rows, see ``models/densenet_cbam.py``).
+batch; the model's own splits it into many more rows, see ``models/densenet_cbam.py``),
+``pool`` (densenet_cbam's transitions pool before their conv, 1|0; 0 = the notebook's order).
 """
 
 from __future__ import annotations
@@ -36,7 +37,8 @@ from darklens.training import data as tdata
 from darklens.training import loop
 
 DEFAULTS = dict(model="densenet_cbam", kwargs="{seed_exact: true}", amp="bf16", cl="1",
-                bench="0", compile="off", batch="256", sync="0", ema="0.998", prelu="model")
+                bench="0", compile="off", batch="256", sync="0", ema="0.998", prelu="model",
+                pool="1")
 
 
 class WherePReLU(torch.nn.PReLU):
@@ -107,7 +109,10 @@ def run_variant(name: str, v: dict, steps: int, warmup: int, profile_path: str |
     n_images = max(min(4096, 4 * batch), batch * max(steps, warmup))
     split = tdata.ArraySplit(torch.rand(n_images, 1, 150, 150, device=dev),
                              torch.randint(0, 3, (n_images,), device=dev))
-    net = create_model(v["model"], **(yaml.safe_load(v["kwargs"]) or {})).to(dev)
+    kwargs = yaml.safe_load(v["kwargs"]) or {}
+    if v["model"].startswith("densenet_cbam"):
+        kwargs.setdefault("pool_first", v["pool"] == "1")
+    net = create_model(v["model"], **kwargs).to(dev)
     swap_prelu(net, v["prelu"])
     if cl:
         net = net.to(memory_format=torch.channels_last)

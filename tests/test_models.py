@@ -172,7 +172,7 @@ def test_densenet_cbam_has_the_notebook_parameter_count():
 def test_densenet_cbam_seed_exact_matches_notebook_and_default_fixes_attention():
     torch.manual_seed(0)
     reference = Model()
-    exact = create_model("densenet_cbam", seed_exact=True)
+    exact = create_model("densenet_cbam", seed_exact=True)  # the notebook's layer order too
     fixed = create_model("densenet_cbam")
     # Same state_dict keys as the notebook: its .pth weights load unchanged.
     exact.load_state_dict(reference.state_dict(), strict=True)
@@ -191,6 +191,29 @@ def test_densenet_cbam_seed_exact_matches_notebook_and_default_fixes_attention()
     for m in (reference, exact):
         m.eval()
     torch.testing.assert_close(exact(x), reference(x), rtol=1e-5, atol=1e-6)
+
+
+def test_pooling_before_the_transition_conv_is_the_same_network_with_fewer_flops():
+    from torch.utils.flop_counter import FlopCounterMode
+
+    torch.manual_seed(0)
+    notebook_order = create_model("densenet_cbam", pool_first=False).double()
+    pooled_first = create_model("densenet_cbam").double()
+    pooled_first.load_state_dict(notebook_order.state_dict(), strict=True)
+    x = torch.rand(3, 1, 64, 64, dtype=torch.float64) - 0.5
+    outputs, grads, flops = [], [], []
+    for net in (notebook_order, pooled_first):
+        with FlopCounterMode(display=False) as counter:
+            out = net(x)
+            out.square().sum().backward()
+        outputs.append(out)
+        grads.append(torch.cat([p.grad.flatten() for p in net.parameters()]))
+        flops.append(counter.get_total_flops())
+    assert outputs[0].std(dim=0).min() > 0.05  # the logits depend on the input
+    torch.testing.assert_close(outputs[1], outputs[0], rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-9, atol=1e-12)
+    # tras2's 192->360 conv runs on a quarter of the pixels: ~19% of the step's FLOPs go
+    assert flops[1] < 0.85 * flops[0]
 
 
 def test_spatial_attention_avg_input_is_channel_mean():
