@@ -18,7 +18,9 @@ model's PReLUs are computed, same weights and values: ``model`` = the model's ow
 torch's ``nn.PReLU``; ``where`` = ``torch.where`` with autograd's own weight gradient;
 ``split`` = a custom backward that sums the weight gradient per sample first, then over the
 batch; the model's own splits it into many more rows, see ``models/densenet_cbam.py``),
-``pool`` (densenet_cbam's transitions pool before their conv, 1|0; 0 = the notebook's order).
+``pool`` (densenet_cbam's transitions pool before their conv, 1|0; 0 = the notebook's order;
+the default is 1 since session 8, so earlier sessions' commands need ``pool=0`` to re-measure
+what they measured).
 """
 
 from __future__ import annotations

@@ -214,6 +214,10 @@ def test_pooling_before_the_transition_conv_is_the_same_network_with_fewer_flops
     torch.testing.assert_close(grads[1], grads[0], rtol=1e-9, atol=1e-12)
     # tras2's 192->360 conv runs on a quarter of the pixels: ~19% of the step's FLOPs go
     assert flops[1] < 0.85 * flops[0]
+    # the notebook's order stays with seed_exact (its parity test), the new one is the default
+    assert not create_model("densenet_cbam", seed_exact=True).tras1.pool_first
+    assert create_model("densenet_cbam", seed_exact=True, pool_first=True).tras2.pool_first
+    assert create_model("densenet_cbam").tras2.pool_first
 
 
 def test_spatial_attention_avg_input_is_channel_mean():

@@ -156,7 +156,7 @@ class AttentionBlock(nn.Module):
 
 
 class TransitionLayer(nn.Module):
-    """DenseNet transition: BN-PReLU-conv1x1 to ``c_out`` channels, then 2x2 average pooling.
+    """DenseNet transition: BN-PReLU, conv1x1 to ``c_out`` channels and 2x2 average pooling.
 
     Args:
         pool_first: pool before the conv. A bias-free 1x1 conv and an average pool are both
