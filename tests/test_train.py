@@ -365,3 +365,70 @@ def test_fused_optimizer_resumed_from_a_non_fused_run_still_skips():
         desc="", show_progress=False)
     assert stats["skipped_steps"] == 1
     assert all(torch.equal(p, q) for p, q in zip(net.parameters(), before))
+
+
+def test_mass_boost_falls_geometrically_to_one():
+    factors = [tdata.mass_boost(16.0, 4, e) for e in range(6)]
+    assert factors == pytest.approx([16.0, 8.0, 4.0, 2.0, 1.0, 1.0])
+    assert tdata.mass_boost(16.0, 0, 0) == 1.0  # no curriculum epochs: off
+
+
+def test_mass_boosted_scales_each_class_in_its_own_mass_mode():
+    from darklens.sim.presets import get_config
+
+    plain = {"image_size": "64"}
+    assert tdata.mass_boosted("model_a", plain, 10.0, 2, 2) is plain  # after the curriculum
+    boosted = get_config("model_a", tdata.mass_boosted("model_a", plain, 10.0, 2, 0))
+    base = get_config("model_a", plain)
+    assert boosted.sub_mass_fraction == pytest.approx([10 * x for x in base.sub_mass_fraction])
+    assert boosted.vort_mass_fraction == pytest.approx([10 * x for x in base.vort_mass_fraction])
+    assert boosted.image_size == 64 and boosted.sub_mass_msun == base.sub_mass_msun
+    msun = get_config("model_i", tdata.mass_boosted("model_i", {}, 4.0, 2, 0))  # solar masses
+    assert msun.sub_mass_msun == pytest.approx([4 * x for x in get_config("model_i").sub_mass_msun])
+    assert msun.vort_mass_msun == pytest.approx(
+        [4 * x for x in get_config("model_i").vort_mass_msun])
+
+
+def test_curriculum_boosts_only_the_early_training_batches(tmp_path, monkeypatch):
+    """Training batches of the first sim_boost_fraction of the epochs get heavier
+    substructure; validation, BN re-estimation and later epochs see the preset's own."""
+    calls = []
+    real_batches, real_val = tdata.sim_batches, tdata.simulate_val
+
+    def spy_batches(preset, **kw):
+        calls.append(("batches", kw["seed"], kw["epoch"], dict(kw["overrides"] or {})))
+        return real_batches(preset, **kw)
+
+    def spy_val(preset, *args, **kw):
+        calls.append(("val", None, None, dict(kw["overrides"] or {})))
+        return real_val(preset, *args, **kw)
+
+    import darklens.train as train_mod
+
+    monkeypatch.setattr(tdata, "sim_batches", spy_batches)
+    monkeypatch.setattr(tdata, "simulate_val", spy_val)
+    monkeypatch.setattr(train_mod, "time", _Clock())  # epoch 1 "takes" a minute
+    # 10 epochs asked, 3 fit the budget: the curriculum spans round(0.67 * 3) = 2 of them
+    train("sim:model_a", out=tmp_path / "sim", recipe="fast", epochs=10, resume=False, seed=0,
+          overrides={"sim_set": "[image_size=32]", "sim_steps_per_epoch": "1",
+                     "sim_val_per_class": "2", "bn_recalib_batches": "1", "budget_min": "3",
+                     "sim_mass_boost": "4", "sim_boost_fraction": "0.67"},
+          **{**TINY, "batch": 6})
+    plain = {"image_size": "32"}
+    training = {epoch: o for kind, seed, epoch, o in calls if kind == "batches" and seed == 0}
+    assert training[0]["sub_mass_fraction"] == "[0.04, 0.12]"
+    assert training[0]["vort_mass_fraction"] == "[0.04, 0.12]"
+    assert training[1]["sub_mass_fraction"] == "[0.02, 0.06]"
+    assert training[2] == plain and len(training) == 3
+    others = [o for kind, seed, _, o in calls if not (kind == "batches" and seed == 0)]
+    assert len(others) == 4 and all(o == plain for o in others)  # val + 3 BN re-estimations
+
+
+def test_mass_boost_on_a_dataset_folder_is_a_one_line_error(tiny_data, tmp_path):
+    with pytest.raises(DarklensError, match="sim_mass_boost needs sim:PRESET"):
+        train(str(tiny_data), out=tmp_path / "r", recipe="fast", epochs=1, resume=False, seed=0,
+              overrides={"sim_mass_boost": "4", "sim_boost_fraction": "0.5"}, **TINY)
+    for bad in ({"sim_mass_boost": "0.5"}, {"sim_boost_fraction": "1.5"}):
+        with pytest.raises(DarklensError, match="expected a boost >= 1"):
+            train("sim:model_a", out=tmp_path / "r2", recipe="fast", epochs=1, resume=False,
+                  seed=0, overrides=bad, **TINY)

@@ -72,6 +72,12 @@ class TrainConfig:
     sim_steps_per_epoch: int = 200  # sim:PRESET only
     sim_val_per_class: int = 500
     sim_set: list = field(default_factory=list)  # simulator overrides, e.g. [image_size=64]
+    # sim:PRESET only, a curriculum: the first sim_boost_fraction of the run's epochs (after
+    # budget_min has fitted them) train on substructure sim_mass_boost times heavier, the factor
+    # falling geometrically to 1; validation, BN statistics and every later epoch use the
+    # preset's own masses. 1 / 0: off.
+    sim_mass_boost: float = 1.0
+    sim_boost_fraction: float = 0.0
     seed: int = 0
 
 
@@ -150,6 +156,10 @@ def _validate(c: TrainConfig) -> None:
         raise DarklensError(f"amp={c.amp!r}: expected bf16 or none")
     if c.compile not in ("auto", "on", "off"):
         raise DarklensError(f"compile={c.compile!r}: expected auto, on or off")
+    if c.sim_mass_boost < 1 or not 0 <= c.sim_boost_fraction <= 1:
+        raise DarklensError(f"sim_mass_boost={c.sim_mass_boost:g}, sim_boost_fraction="
+                            f"{c.sim_boost_fraction:g}: expected a boost >= 1 and a fraction "
+                            "in [0, 1]")
     _model_kwargs(c)
     from darklens.models import check_model_name  # registry filled by the model modules
 
@@ -261,6 +271,8 @@ def _train(data: str, *, run: Path, dev: torch.device, dist_info: distributed.Di
         data_info = {"val_source": f"simulated {preset}, {len(val)} images, fixed seed",
                      "n_val": len(val)}
     else:
+        if config.sim_mass_boost != 1 and config.sim_boost_fraction > 0:
+            raise DarklensError(f"{data}: sim_mass_boost needs sim:PRESET training data")
         train_split, val, data_info = tdata.load_array_splits(
             str(data), seed=config.seed, val_fraction=config.val_fraction, device=dev,
             allow_pickle=allow_pickle, progress=show)
@@ -334,10 +346,12 @@ def _train(data: str, *, run: Path, dev: torch.device, dist_info: distributed.Di
                                           epoch=epoch, rank=dist_info.rank, world_size=world,
                                           augment=config.augment)
         else:
+            boost_epochs = round(config.sim_boost_fraction * end_epoch)
+            boosted = tdata.mass_boosted(preset, sim_overrides, config.sim_mass_boost,
+                                         boost_epochs, epoch)
             batches = tdata.sim_batches(preset, batch_size=rank_batch, steps=n_steps,
                                         seed=config.seed, epoch=epoch, rank=dist_info.rank,
-                                        device=dev, overrides=sim_overrides,
-                                        augment=config.augment)
+                                        device=dev, overrides=boosted, augment=config.augment)
         lr_now = optimizer.param_groups[0]["lr"]
         stats = loop.train_one_epoch(
             train_net, batches, n_steps=n_steps, optimizer=optimizer, scheduler=scheduler,

@@ -219,6 +219,33 @@ def simulate_val(preset: str, n_per_class: int, *, seed: int, device: torch.devi
                       paths=[f"sim:{preset}/val/{i}" for i in range(len(labels))])
 
 
+def mass_boost(boost: float, boost_epochs: int, epoch: int) -> float:
+    """The curriculum's factor for ``epoch``: ``boost`` at epoch 0, falling geometrically to 1
+    at ``boost_epochs`` (1 from then on)."""
+    if boost_epochs <= 0 or epoch >= boost_epochs:
+        return 1.0
+    return float(boost) ** (1 - epoch / boost_epochs)
+
+
+def mass_boosted(preset: str, overrides: dict, boost: float, boost_epochs: int,
+                 epoch: int) -> dict:
+    """``overrides`` with the preset's subhalo and vortex masses (fractions or solar masses,
+    as each class's mass mode says) scaled by ``mass_boost(...)``: heavier, easier
+    substructure early in training, the real one later."""
+    factor = mass_boost(boost, boost_epochs, epoch)
+    if factor == 1.0:
+        return overrides
+    from darklens.sim.presets import get_config
+
+    config = get_config(preset, overrides)
+    scaled = dict(overrides)
+    for cls in ("sub", "vort"):
+        key = f"{cls}_mass_{getattr(config, f'{cls}_mass_mode')}"  # e.g. sub_mass_fraction
+        lo, hi = getattr(config, key)
+        scaled[key] = f"[{lo * factor!r}, {hi * factor!r}]"
+    return scaled
+
+
 def sim_batches(preset: str, *, batch_size: int, steps: int, seed: int, epoch: int, rank: int,
                 device: torch.device, overrides: dict, augment: str = "none",
                 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
