@@ -146,3 +146,23 @@ def test_stage_probe_covers_the_whole_network():
         net(torch.rand(2, 1, 40, 40)).float().square().mean().backward()
     assert abs(sum(r["gflop"] for r in rows) * 1e9 - whole.get_total_flops()) < 1e3
     assert rows[-1]["out_shape"] == [3] and abs(sum(r["share"] for r in rows) - 1) < 1e-9
+
+
+def test_curriculum_benchmark_runs_both_arms_and_scores_them_on_one_test_set(tmp_path):
+    """benchmarks/curriculum.py end to end at toy size: the arms differ only by the boost."""
+    spec = importlib.util.spec_from_file_location(
+        "curriculum", Path(__file__).resolve().parents[1] / "benchmarks" / "curriculum.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    out = tmp_path / "cur"
+    script.main(["--out", str(out), "--epochs", "1", "--steps", "1", "--batch", "6", "--val", "2",
+                 "--test", "3", "--image-size", "32", "--json", str(tmp_path / "r.json")])
+    rows = json.loads((tmp_path / "r.json").read_text())["rows"]
+    assert [r["arm"] for r in rows] == ["baseline", "curriculum"]
+    base, boosted = (set(r["command"].split()) for r in rows)
+    assert boosted - base == {str(out / "seed0_curriculum"), "sim_mass_boost=10.0",
+                              "sim_boost_fraction=0.5"}
+    assert base - boosted == {str(out / "seed0_baseline")}
+    for r in rows:
+        assert r["test_auc"]["macro"] == r["test_macro_auc"] and len(r["confusion_matrix"]) == 3
+        assert sum(map(sum, r["confusion_matrix"])) == 9  # 3 test images per class
