@@ -43,7 +43,7 @@ def run_arm(a: argparse.Namespace, seed: int, arm: str, test_data: Path) -> dict
              "--device", a.device, *[x for s in sets for x in ("--set", s)]]
     t0 = time.perf_counter()
     darklens(*train, threads=a.threads, log=a.out / f"seed{seed}_{arm}.log")
-    train_s = time.perf_counter() - t0
+    train_s = time.perf_counter() - t0  # the whole command: start-up and validation too
     darklens("evaluate", str(run), str(test_data), "--split", "test", "--out",
              str(run / "eval_test"), "--device", a.device, threads=a.threads,
              log=a.out / f"seed{seed}_{arm}_eval.log")
@@ -79,11 +79,18 @@ def main(argv=None) -> None:
     a = ap.parse_args(argv)
     a.out.mkdir(parents=True, exist_ok=True)
     test_data = a.out / "test"
-    if not (test_data / "test").exists():
+    # the test folder is reused only if it was made, completely, with these settings
+    made = a.out / "test.done"
+    wanted = json.dumps([a.preset, a.image_size, a.test, a.test_seed])
+    if not made.exists() or made.read_text() != wanted:
+        if test_data.exists():
+            raise SystemExit(f"{test_data} was made with other settings or not finished: "
+                             "remove it or pick another --out")
         darklens("simulate", str(test_data), "--preset", a.preset, "--set",
                  f"image_size={a.image_size}", "--train", "0", "--val", "0", "--test",
                  str(a.test), "--seed", str(a.test_seed), "--device", a.device,
                  threads=a.threads * a.parallel, log=a.out / "simulate.log")
+        made.write_text(wanted)
     jobs = [(seed, arm) for seed in a.seeds for arm in ("baseline", "curriculum")]
     with ThreadPoolExecutor(a.parallel) as pool:
         rows = list(pool.map(lambda job: run_arm(a, *job, test_data), jobs))
@@ -94,7 +101,8 @@ def main(argv=None) -> None:
               f"{acc[1]:.3f}]{'':5s} {r['test_macro_auc']:.3f} [{auc[0]:.3f}, {auc[1]:.3f}]"
               f"{'':5s} {r['train_s']:.0f}")
     if a.json:
-        a.json.write_text(json.dumps({"argv": sys.argv[1:], "date": time.strftime("%Y-%m-%d"),
+        a.json.write_text(json.dumps({"argv": argv if argv is not None else sys.argv[1:],
+                                      "date": time.strftime("%Y-%m-%d"),
                                       "rows": rows}, indent=1) + "\n")
 
 

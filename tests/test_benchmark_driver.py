@@ -155,9 +155,15 @@ def test_curriculum_benchmark_runs_both_arms_and_scores_them_on_one_test_set(tmp
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
     out = tmp_path / "cur"
-    script.main(["--out", str(out), "--epochs", "1", "--steps", "1", "--batch", "6", "--val", "2",
+    script.main(["--out", str(out), "--epochs", "2", "--steps", "1", "--batch", "6", "--val", "2",
                  "--test", "3", "--image-size", "32", "--json", str(tmp_path / "r.json")])
     rows = json.loads((tmp_path / "r.json").read_text())["rows"]
+    # epoch 1 of the curriculum arm trained on other (heavier) images than the baseline's
+    import csv
+
+    losses = [float(next(csv.DictReader(open(out / f"seed0_{arm}" / "metrics.csv")))["train_loss"])
+              for arm in ("baseline", "curriculum")]
+    assert losses[0] != losses[1]
     assert [r["arm"] for r in rows] == ["baseline", "curriculum"]
     base, boosted = (set(r["command"].split()) for r in rows)
     assert boosted - base == {str(out / "seed0_curriculum"), "sim_mass_boost=10.0",

@@ -414,11 +414,14 @@ def test_curriculum_boosts_only_the_early_training_batches(tmp_path, monkeypatch
                      "sim_val_per_class": "2", "bn_recalib_batches": "1", "budget_min": "3",
                      "sim_mass_boost": "4", "sim_boost_fraction": "0.67"},
           **{**TINY, "batch": 6})
+    from darklens.sim.presets import get_config
+
     plain = {"image_size": "32"}
     training = {epoch: o for kind, seed, epoch, o in calls if kind == "batches" and seed == 0}
-    assert training[0]["sub_mass_fraction"] == "[0.04, 0.12]"
-    assert training[0]["vort_mass_fraction"] == "[0.04, 0.12]"
-    assert training[1]["sub_mass_fraction"] == "[0.02, 0.06]"
+    for epoch, factor in ((0, 4.0), (1, 2.0)):  # 4 ** (1 - epoch / 2)
+        config = get_config("model_a", training[epoch])
+        assert config.sub_mass_fraction == pytest.approx([0.01 * factor, 0.03 * factor])
+        assert config.vort_mass_fraction == pytest.approx([0.01 * factor, 0.03 * factor])
     assert training[2] == plain and len(training) == 3
     others = [o for kind, seed, _, o in calls if not (kind == "batches" and seed == 0)]
     assert len(others) == 4 and all(o == plain for o in others)  # val + 3 BN re-estimations
@@ -428,7 +431,21 @@ def test_mass_boost_on_a_dataset_folder_is_a_one_line_error(tiny_data, tmp_path)
     with pytest.raises(DarklensError, match="sim_mass_boost needs sim:PRESET"):
         train(str(tiny_data), out=tmp_path / "r", recipe="fast", epochs=1, resume=False, seed=0,
               overrides={"sim_mass_boost": "4", "sim_boost_fraction": "0.5"}, **TINY)
-    for bad in ({"sim_mass_boost": "0.5"}, {"sim_boost_fraction": "1.5"}):
-        with pytest.raises(DarklensError, match="expected a boost >= 1"):
+    for bad in ({"sim_mass_boost": "0.5"}, {"sim_mass_boost": "nan"},
+                {"sim_boost_fraction": "1"}, {"sim_boost_fraction": "-0.1"}):
+        with pytest.raises(DarklensError, match="expected a finite boost >= 1"):
             train("sim:model_a", out=tmp_path / "r2", recipe="fast", epochs=1, resume=False,
                   seed=0, overrides=bad, **TINY)
+    with pytest.raises(DarklensError, match="more than the Einstein mass"):  # 3% x 40
+        train("sim:model_a", out=tmp_path / "r3", recipe="fast", epochs=1, resume=False, seed=0,
+              overrides={"sim_mass_boost": "40", "sim_boost_fraction": "0.5"}, **TINY)
+
+
+def test_boost_epochs_round_half_up_and_never_vanish():
+    from darklens.train import TrainConfig, _boost_epochs
+
+    on = TrainConfig(sim_mass_boost=10, sim_boost_fraction=0.5)
+    assert [_boost_epochs(on, n) for n in (1, 2, 3, 5, 40)] == [1, 1, 2, 3, 20]
+    assert _boost_epochs(TrainConfig(sim_mass_boost=10, sim_boost_fraction=0.01), 3) == 1
+    assert _boost_epochs(TrainConfig(sim_mass_boost=1, sim_boost_fraction=0.5), 40) == 0
+    assert _boost_epochs(TrainConfig(sim_mass_boost=10, sim_boost_fraction=0), 40) == 0

@@ -73,9 +73,9 @@ class TrainConfig:
     sim_val_per_class: int = 500
     sim_set: list = field(default_factory=list)  # simulator overrides, e.g. [image_size=64]
     # sim:PRESET only, a curriculum: the first sim_boost_fraction of the run's epochs (after
-    # budget_min has fitted them) train on substructure sim_mass_boost times heavier, the factor
-    # falling geometrically to 1; validation, BN statistics and every later epoch use the
-    # preset's own masses. 1 / 0: off.
+    # budget_min has fitted them; at least one) train on substructure sim_mass_boost times
+    # heavier, the factor falling geometrically to 1; validation, BN statistics and every later
+    # epoch use the preset's own masses. 1 / 0: off.
     sim_mass_boost: float = 1.0
     sim_boost_fraction: float = 0.0
     seed: int = 0
@@ -156,14 +156,36 @@ def _validate(c: TrainConfig) -> None:
         raise DarklensError(f"amp={c.amp!r}: expected bf16 or none")
     if c.compile not in ("auto", "on", "off"):
         raise DarklensError(f"compile={c.compile!r}: expected auto, on or off")
-    if c.sim_mass_boost < 1 or not 0 <= c.sim_boost_fraction <= 1:
+    if not (math.isfinite(c.sim_mass_boost) and c.sim_mass_boost >= 1
+            and 0 <= c.sim_boost_fraction < 1):
         raise DarklensError(f"sim_mass_boost={c.sim_mass_boost:g}, sim_boost_fraction="
-                            f"{c.sim_boost_fraction:g}: expected a boost >= 1 and a fraction "
-                            "in [0, 1]")
+                            f"{c.sim_boost_fraction:g}: expected a finite boost >= 1 and a "
+                            "fraction in [0, 1) (the run must end on the preset's masses)")
     _model_kwargs(c)
     from darklens.models import check_model_name  # registry filled by the model modules
 
     check_model_name(c.model)  # before any data is read or any folder is made
+
+
+def _boost_epochs(c: TrainConfig, end_epoch: int) -> int:
+    """Epochs the mass curriculum spans: its fraction of the (fitted) run, rounded half up, at
+    least 1 when it is on (epoch 1 always trains boosted: it runs before budget_min fits)."""
+    if c.sim_boost_fraction <= 0 or c.sim_mass_boost == 1:
+        return 0
+    return max(1, math.floor(c.sim_boost_fraction * end_epoch + 0.5))
+
+
+def _check_boost(preset: str, overrides: dict, c: TrainConfig) -> None:
+    """Refuse a curriculum whose heaviest substructure would outweigh the lens itself."""
+    from darklens.sim.presets import get_config
+
+    start = get_config(preset, tdata.mass_boosted(preset, overrides, c.sim_mass_boost, 1, 0))
+    for key in ("sub_mass_fraction", "vort_mass_fraction"):
+        if getattr(start, key.replace("fraction", "mode")) == "fraction" and \
+                max(getattr(start, key)) > 1:
+            raise DarklensError(f"sim_mass_boost={c.sim_mass_boost:g}: {key} would start at "
+                                f"{list(getattr(start, key))}, more than the Einstein mass; "
+                                "use a smaller boost")
 
 
 def _model_kwargs(c: TrainConfig) -> dict:
@@ -264,6 +286,7 @@ def _train(data: str, *, run: Path, dev: torch.device, dist_info: distributed.Di
         from darklens.sim.presets import get_config, warn_if_leaky
 
         warn_if_leaky(get_config(preset, sim_overrides))
+        _check_boost(preset, sim_overrides, config)
         val = tdata.simulate_val(preset, config.sim_val_per_class, seed=config.seed + 10_000,
                                  device=dev, overrides=sim_overrides)
         train_split = None
@@ -346,7 +369,7 @@ def _train(data: str, *, run: Path, dev: torch.device, dist_info: distributed.Di
                                           epoch=epoch, rank=dist_info.rank, world_size=world,
                                           augment=config.augment)
         else:
-            boost_epochs = round(config.sim_boost_fraction * end_epoch)
+            boost_epochs = _boost_epochs(config, end_epoch)
             boosted = tdata.mass_boosted(preset, sim_overrides, config.sim_mass_boost,
                                          boost_epochs, epoch)
             batches = tdata.sim_batches(preset, batch_size=rank_batch, steps=n_steps,
