@@ -325,9 +325,9 @@ def accuracy_job(a, slots: Slots, spec, slot: int, result: dict) -> None:
                              test_macro_auc_ci95=r["ci95"]["macro_auc"],
                              test_micro_auc=r["auc"]["micro"], eval_split=a.eval_split)
             entry["eval_wall_min"] = ev["wall_s"] / 60
-        entry["status"] = "ok" if "test_macro_auc" in entry else "failed: see log"
-        if failed:
-            entry["status"] = f"failed: darklens train exited {tr['returncode']}, see {log}"
+        entry["status"] = (f"failed: darklens train exited {tr['returncode']}, see {log}"
+                           if failed else "ok" if "test_macro_auc" in entry
+                           else "failed: see log")
         if tr["killed"]:
             entry["status"] += " (train killed at the wall limit)"
         entry["wall_min"] = entry["train_wall_min"] + entry.get("eval_wall_min", 0.0)

@@ -167,10 +167,14 @@ def _validate(c: TrainConfig) -> None:
     check_model_name(c.model)  # before any data is read or any folder is made
 
 
+def _curriculum_on(c: TrainConfig) -> bool:
+    return c.sim_mass_boost != 1 and c.sim_boost_fraction > 0
+
+
 def _boost_epochs(c: TrainConfig, end_epoch: int) -> int:
     """Epochs the mass curriculum spans: its fraction of the (fitted) run, rounded half up, at
     least 1 when it is on (epoch 1 always trains boosted: it runs before budget_min fits)."""
-    if c.sim_boost_fraction <= 0 or c.sim_mass_boost == 1:
+    if not _curriculum_on(c):
         return 0
     return max(1, math.floor(c.sim_boost_fraction * end_epoch + 0.5))
 
@@ -179,6 +183,8 @@ def _check_boost(preset: str, overrides: dict, c: TrainConfig) -> None:
     """Refuse a curriculum whose heaviest substructure would outweigh the lens itself."""
     from darklens.sim.presets import get_config
 
+    if not _curriculum_on(c):
+        return
     start = get_config(preset, tdata.mass_boosted(preset, overrides, c.sim_mass_boost, 1, 0))
     for key in ("sub_mass_fraction", "vort_mass_fraction"):
         if getattr(start, key.replace("fraction", "mode")) == "fraction" and \
@@ -294,7 +300,7 @@ def _train(data: str, *, run: Path, dev: torch.device, dist_info: distributed.Di
         data_info = {"val_source": f"simulated {preset}, {len(val)} images, fixed seed",
                      "n_val": len(val)}
     else:
-        if config.sim_mass_boost != 1 and config.sim_boost_fraction > 0:
+        if _curriculum_on(config):
             raise DarklensError(f"{data}: sim_mass_boost needs sim:PRESET training data")
         train_split, val, data_info = tdata.load_array_splits(
             str(data), seed=config.seed, val_fraction=config.val_fraction, device=dev,
