@@ -427,8 +427,42 @@ def test_curriculum_boosts_only_the_early_training_batches(tmp_path, monkeypatch
     assert len(others) == 4 and all(o == plain for o in others)  # val + 3 BN re-estimations
 
 
+@pytest.mark.parametrize("recipe, first_factor", [("fast", 10.0), ("seed", 1.0)])
+def test_fast_recipe_trains_sim_data_with_the_curriculum_by_default(tmp_path, monkeypatch,
+                                                                    recipe, first_factor):
+    """No --set: the fast recipe's first sim: epoch sees 10x heavier substructure (measured to
+    help, BENCHMARKS.md session 9); the seed recipe stays the notebook's plain training."""
+    seen = []
+    real_batches = tdata.sim_batches
+
+    def spy_batches(preset, **kw):
+        seen.append(dict(kw["overrides"] or {}))
+        return real_batches(preset, **kw)
+
+    monkeypatch.setattr(tdata, "sim_batches", spy_batches)
+    train("sim:model_a", out=tmp_path / recipe, recipe=recipe, epochs=1, resume=False, seed=0,
+          overrides={"sim_set": "[image_size=32]", "sim_steps_per_epoch": "1",
+                     "sim_val_per_class": "2", "bn_recalib_batches": "0"},
+          **{**TINY, "batch": 6})
+    from darklens.sim.presets import get_config
+
+    first = get_config("model_a", seen[0])
+    assert first.sub_mass_fraction == pytest.approx([0.01 * first_factor, 0.03 * first_factor])
+    saved = yaml.safe_load((tmp_path / recipe / "config.yaml").read_text())
+    assert saved["sim_mass_boost"] == first_factor
+
+
+def test_fast_recipe_curriculum_is_ignored_for_a_dataset_folder(tiny_data, tmp_path):
+    """The recipe's own curriculum does not stop a folder run (its images are fixed), and the
+    run's config.yaml records it as off."""
+    run = train(str(tiny_data), out=tmp_path / "r", recipe="fast", epochs=1, resume=False,
+                seed=0, overrides={}, **TINY)
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert (saved["sim_mass_boost"], saved["sim_boost_fraction"]) == (1.0, 0.0)
+
+
 def test_mass_boost_on_a_dataset_folder_is_a_one_line_error(tiny_data, tmp_path):
-    with pytest.raises(DarklensError, match="sim_mass_boost needs sim:PRESET"):
+    with pytest.raises(DarklensError, match="sim_mass_boost: the mass curriculum needs sim:"):
         train(str(tiny_data), out=tmp_path / "r", recipe="fast", epochs=1, resume=False, seed=0,
               overrides={"sim_mass_boost": "4", "sim_boost_fraction": "0.5"}, **TINY)
     for bad in ({"sim_mass_boost": "0.5"}, {"sim_mass_boost": "nan"},
