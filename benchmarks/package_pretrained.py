@@ -129,7 +129,7 @@ def recorded_metrics(report: dict, *, preset: str, dataset_seed: int) -> dict:
 
 
 def _training_record(meta: dict, *, command: str, card: str, date: str,
-                     dataset_seed: int) -> dict:
+                     dataset_seed: int | None) -> dict:
     config = meta.get("config") or {}
     info = config.get("data_info") or {}
     row = meta.get("metrics") or {}
@@ -179,7 +179,9 @@ def package(run: str | Path, *, report: str | Path, name: str, command: str, car
         command: the exact ``darklens train`` command line.
         card: the accelerator it trained on (e.g. ``NVIDIA H100 80GB HBM3``).
         dataset_seed: ``darklens simulate --seed`` of the training data (checked against its
-            config.yaml when readable here); the recorded test seed is the test data's own.
+            config.yaml when readable here); the recorded test seed is the test data's own,
+            or this one when that cannot be read. A ``sim:PRESET`` run records no training
+            dataset seed: it streamed fresh images from its own seed.
         out: destination folder (normally ``src/darklens/pretrained``).
         date: ``YYYY-MM-DD`` of training (default: today, UTC).
         description: one line shown next to the name.
@@ -225,8 +227,9 @@ def package(run: str | Path, *, report: str | Path, name: str, command: str, car
 
     meta.pop("source", None)
     # the training record keeps the run's own metrics (the best epoch's validation row) ...
+    # a sim:PRESET run streamed fresh images from its own seed: no training dataset seed
     meta["trained"] = _training_record(meta, command=command, card=card, date=date,
-                                       dataset_seed=dataset_seed)
+                                       dataset_seed=None if sim_preset else dataset_seed)
     # ... before the test-split numbers take their place
     meta["metrics"] = recorded_metrics(report_data, preset=preset, dataset_seed=test_seed)
     meta["trained"]["packaged_with"] = __version__
@@ -251,7 +254,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--command", required=True, help="the exact darklens train command")
     p.add_argument("--card", required=True, help="accelerator used for training")
     p.add_argument("--dataset-seed", type=int, required=True,
-                   help="darklens simulate --seed of the training data")
+                   help="darklens simulate --seed of the training data (of the test data for "
+                        "a sim:PRESET run, which streams its training images)")
     p.add_argument("--date", default=None, help="YYYY-MM-DD of training (default today, UTC)")
     p.add_argument("--description", default="", help="one line for darklens models")
     p.add_argument("--preset", default=None, help="data preset (default: the data's config)")
