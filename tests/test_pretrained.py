@@ -188,6 +188,27 @@ def test_package_writes_loadable_weights_and_the_recorded_numbers(tiny_run, tmp_
     assert "one-epoch test model" in out
 
 
+def test_package_of_a_sim_run_records_no_training_dataset_seed(tiny_run, tmp_path):
+    """A sim:PRESET run streamed its training images: no training set seed is recorded, and
+    the test seed is read from the test data (not taken from --dataset-seed)."""
+    from darklens.evaluation import evaluate
+    from darklens.train import train
+
+    run = train("sim:model_a", model="resnet_tiny", out=tmp_path / "run", recipe="fast",
+                epochs=1, batch=6, device="cpu", seed=0,
+                overrides={"sim_set": "[image_size=32]", "sim_steps_per_epoch": "1",
+                           "sim_val_per_class": "2", "bn_recalib_batches": "0"})
+    evaluate(run, tiny_run["data"], split="test", out=tmp_path / "eval", device="cpu")
+    script = _load_script()
+    _, meta_path = script.package(run, report=tmp_path / "eval" / "report.json", name="sim_a",
+                                  command="darklens train sim:model_a ...", card="CPU (test)",
+                                  dataset_seed=DATA_SEED + 1, out=tmp_path / "pretrained",
+                                  date="2026-12-02")
+    meta = json.loads(meta_path.read_text())
+    assert meta["trained"]["data"] == "sim:model_a" and meta["trained"]["dataset_seed"] is None
+    assert (meta["metrics"]["preset"], meta["metrics"]["dataset_seed"]) == ("model_a", DATA_SEED)
+
+
 def test_package_refuses_large_weights_and_foreign_reports(tiny_run, tmp_path, monkeypatch):
     script = _load_script()
     out = tmp_path / "pretrained"

@@ -461,6 +461,21 @@ def test_fast_recipe_curriculum_is_ignored_for_a_dataset_folder(tiny_data, tmp_p
     assert (saved["sim_mass_boost"], saved["sim_boost_fraction"]) == (1.0, 0.0)
 
 
+@pytest.mark.parametrize("given", [{"sim_mass_boost": "4", "sim_boost_fraction": "0"},
+                                   {"sim_mass_boost": "1", "sim_boost_fraction": "0.5"},
+                                   {"sim_mass_boost": "1"}])
+def test_folder_run_with_the_curriculum_set_off_resumes_with_the_same_command(
+        tiny_data, tmp_path, given):
+    """Curriculum keys given explicitly but off are accepted on a folder, recorded as given,
+    and the same command resumes (fails if the folder reset overwrote what was given)."""
+    args = dict(recipe="fast", epochs=1, seed=0, overrides=given, **TINY)
+    run = train(str(tiny_data), out=tmp_path / "r", resume=False, **args)
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    for key, value in given.items():
+        assert saved[key] == float(value)
+    train(str(tiny_data), out=run, resume=True, **args)  # finished: nothing to train, no error
+
+
 def test_mass_boost_on_a_dataset_folder_is_a_one_line_error(tiny_data, tmp_path):
     with pytest.raises(DarklensError, match="sim_mass_boost: the mass curriculum needs sim:"):
         train(str(tiny_data), out=tmp_path / "r", recipe="fast", epochs=1, resume=False, seed=0,

@@ -6,6 +6,9 @@ no augmentation). ``fast`` (default): D4 augmentation on the device, bf16 autoca
 channels_last, batch 256, fused AdamW 1e-3 with gradient clipping, EMA weights whose BatchNorm
 statistics are re-estimated before each validation, and ``torch.compile`` of the training
 forward on CUDA (checked on a trial step, eager if it fails; ``--set compile=off`` skips it).
+On ``sim:PRESET`` data ``fast`` also trains with a substructure-mass curriculum (the first half
+of the epochs on up to 10x heavier subhalos and vortices; ``--set sim_mass_boost=1`` turns it
+off).
 
 Outputs in RUN: ``config.yaml`` (resolved config + seed), ``metrics.csv`` (one row per epoch),
 ``last.*`` / ``best.*`` checkpoints (safetensors + JSON, best by val macro AUC) and
@@ -196,9 +199,10 @@ def _check_boost(preset: str, overrides: dict, c: TrainConfig) -> None:
     for key in ("sub_mass_fraction", "vort_mass_fraction"):
         if getattr(start, key.replace("fraction", "mode")) == "fraction" and \
                 max(getattr(start, key)) > 1:
-            raise DarklensError(f"sim_mass_boost={c.sim_mass_boost:g}: {key} would start at "
+            raise DarklensError(f"sim_mass_boost={c.sim_mass_boost:g} (the fast recipe's "
+                                f"curriculum): {key} would start at "
                                 f"{list(getattr(start, key))}, more than the Einstein mass; "
-                                "use a smaller boost")
+                                "use a smaller boost, or --set sim_mass_boost=1 for none")
 
 
 def _model_kwargs(c: TrainConfig) -> dict:
@@ -311,8 +315,10 @@ def _train(data: str, *, run: Path, dev: torch.device, dist_info: distributed.Di
         if asked and _curriculum_on(config):
             raise DarklensError(f"{data}: {', '.join(sorted(asked))}: the mass curriculum needs "
                                 "sim:PRESET training data (a dataset folder's images are fixed)")
-        # the recipe's curriculum does not apply to fixed images: config.yaml says it was off
-        config = dataclasses.replace(config, sim_mass_boost=1.0, sim_boost_fraction=0.0)
+        # the recipe's curriculum does not apply to fixed images: config.yaml says it was off.
+        # Keys the user gave stay as given, so that --resume with the same --set matches.
+        off = {"sim_mass_boost": 1.0, "sim_boost_fraction": 0.0}
+        config = dataclasses.replace(config, **{k: v for k, v in off.items() if k not in asked})
         train_split, val, data_info = tdata.load_array_splits(
             str(data), seed=config.seed, val_fraction=config.val_fraction, device=dev,
             allow_pickle=allow_pickle, progress=show)
