@@ -112,7 +112,7 @@ TRAIN_SET_KEYS = """\
   time:         time_limit_min (stop when spent), budget_min (fit the epochs to it)
   sim:PRESET:   sim_steps_per_epoch, sim_val_per_class, sim_set (simulator overrides),
                 sim_mass_boost, sim_boost_fraction (a curriculum, heavier substructure
-                first; fast recipe: 10, 0.5; sim_mass_boost=1 turns it off)
+                first; fast recipe on sim:model_a: 10, 0.5; sim_mass_boost=1: off)
   model:        model_kwargs (YAML mapping, e.g. "{seed_exact: true}")
   also:         recipe, model, seed (give them as --recipe, --model, --seed)
 """
