@@ -2,7 +2,8 @@
 
 For each seed, two ``darklens train sim:PRESET`` runs side by side (one CPU thread or one
 slot each), identical except ``--set sim_mass_boost=B --set sim_boost_fraction=F`` against
-``--set sim_mass_boost=1`` (the fast recipe's curriculum is on by default since session 9); then
+``--set sim_mass_boost=1`` (the fast recipe's curriculum is on for sim:model_a since session 9);
+then
 ``darklens evaluate`` scores both best checkpoints on one fixed test split (the preset's own
 masses, a seed neither run trained on). Prints a table and writes the numbers as JSON.
 
@@ -39,7 +40,7 @@ def run_arm(a: argparse.Namespace, seed: int, arm: str, test_data: Path) -> dict
             f"sim_val_per_class={a.val}"]
     if arm == "curriculum":
         sets += [f"sim_mass_boost={a.boost}", f"sim_boost_fraction={a.fraction}"]
-    else:  # the fast recipe trains sim: data with the curriculum unless told not to
+    else:  # the fast recipe trains sim:model_a with the curriculum unless told not to
         sets += ["sim_mass_boost=1"]
     train = ["train", f"sim:{a.preset}", "--model", a.model, "--out", str(run), "--epochs",
              str(a.epochs), "--batch", str(a.batch), "--lr", str(a.lr), "--seed", str(seed),

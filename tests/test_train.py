@@ -471,6 +471,8 @@ def test_recipe_curriculum_keeps_what_the_user_asked_for():
     assert pair(_recipe_curriculum(fast, "sim:model_a", asked=set())) == (5.0, 0.5)
     assert pair(_recipe_curriculum(fast, "sim:model_ii", asked=set())) == (1.0, 0.0)
     assert pair(_recipe_curriculum(fast, "sim:model_ii", asked={"sim_mass_boost"})) == (5.0, 0.5)
+    assert pair(_recipe_curriculum(fast, "sim:model_ii", asked={"sim_boost_fraction"})) == (
+        5.0, 0.5)
     assert pair(_recipe_curriculum(fast, "data/", asked={"lr"})) == (1.0, 0.0)
 
 

@@ -78,7 +78,8 @@ class TrainConfig:
     # sim:PRESET only, a curriculum: the first sim_boost_fraction of the run's epochs (after
     # budget_min has fitted them; at least one) train on substructure sim_mass_boost times
     # heavier, the factor falling geometrically to 1; validation, BN statistics and every later
-    # epoch use the preset's own masses. 1 / 0: off (the fast recipe turns it on).
+    # epoch use the preset's own masses. 1 / 0: off (the fast recipe turns it on for the
+    # presets in CURRICULUM_PRESETS).
     sim_mass_boost: float = 1.0
     sim_boost_fraction: float = 0.0
     seed: int = 0
@@ -179,8 +180,8 @@ def _curriculum_on(c: TrainConfig) -> bool:
 
 #: where the fast recipe's curriculum applies: presets whose substructure is faint and on which
 #: it was measured to help (model_a: H200, 0.674 -> 0.717 test accuracy for the same images).
-#: On model_ii, whose substructure a small CPU model learns to 0.99, it slowed learning and
-#: ended within noise below (0.992 -> 0.987), so it stays off there (BENCHMARKS.md, session 9).
+#: On model_ii, whose substructure a small CPU model learns to 0.99, it did not help (0.992
+#: without, 0.987 with, within noise), so it stays off there (BENCHMARKS.md, session 9).
 CURRICULUM_PRESETS = ("model_a",)
 
 
@@ -213,8 +214,8 @@ def _check_boost(preset: str, overrides: dict, c: TrainConfig) -> None:
     for key in ("sub_mass_fraction", "vort_mass_fraction"):
         if getattr(start, key.replace("fraction", "mode")) == "fraction" and \
                 max(getattr(start, key)) > 1:
-            raise DarklensError(f"sim_mass_boost={c.sim_mass_boost:g} (the fast recipe's "
-                                f"curriculum): {key} would start at "
+            raise DarklensError(f"sim_mass_boost={c.sim_mass_boost:g} (the mass curriculum; "
+                                f"the fast recipe's default is 10): {key} would start at "
                                 f"{list(getattr(start, key))}, more than the Einstein mass; "
                                 "use a smaller boost, or --set sim_mass_boost=1 for none")
 
