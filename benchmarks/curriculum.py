@@ -2,10 +2,9 @@
 
 For each seed, two ``darklens train sim:PRESET`` runs side by side (one CPU thread or one
 slot each), identical except ``--set sim_mass_boost=B --set sim_boost_fraction=F`` against
-``--set sim_mass_boost=1`` (the fast recipe's curriculum is on for sim:model_a since session 9);
-then
-``darklens evaluate`` scores both best checkpoints on one fixed test split (the preset's own
-masses, a seed neither run trained on). Prints a table and writes the numbers as JSON.
+``--set sim_mass_boost=1`` (the fast recipe's curriculum is on for sim:model_a since session
+9); then ``darklens evaluate`` scores both best checkpoints on one fixed test split (the
+preset's own masses, a seed neither run trained on). Prints a table and writes the numbers as JSON.
 
     python benchmarks/curriculum.py --seeds 0 1 --json benchmarks/results/curriculum_cpu.json
 
