@@ -68,7 +68,9 @@ class TrainConfig:
     subtract: float = 0.5  # model preprocessing: pixel - subtract
     val_fraction: float = 0.1  # used when the dataset has no val split
     eval_batch_size: int = 512
-    time_limit_min: float = 0.0  # stop after the epoch that passes this budget (0: none)
+    # stop after the epoch at which the run's training time (over all its resumes) passes this
+    # many minutes (0: none); unlike every other key, --resume may raise it (RESUME_MAY_CHANGE)
+    time_limit_min: float = 0.0
     # fit the schedule to a time budget: after epoch 1, run only the epochs (at most `epochs`)
     # that fit in this many minutes, with the cosine ending at the last one (0: off)
     budget_min: float = 0.0
@@ -115,6 +117,10 @@ def build_config(*, recipe: str, model: str, epochs: int | None, batch: int | No
 #: other than this default counts as given explicitly and must match the saved run
 _ALWAYS_PASSED = {"model": "densenet_cbam", "recipe": "fast", "seed": 0}
 
+#: keys ``--resume`` may change: they say when this run stops, not what it computes, so a run
+#: cut into time-limited pieces (preemptible or wall-limited jobs) ends as one run would
+RESUME_MAY_CHANGE = ("time_limit_min",)
+
 
 def resume_conflicts(saved: TrainConfig, saved_data: str, *, data: str, recipe: str,
                      model: str, epochs: int | None, batch: int | None, lr: float | None,
@@ -126,7 +132,7 @@ def resume_conflicts(saved: TrainConfig, saved_data: str, *, data: str, recipe: 
     ``epochs * steps``, so a longer one would lift the LR at the resumed step from near zero back
     up (a warm restart), and the result would match neither the saved run nor a fresh run of
     that length. Settings left out (None, or a CLI default in ``_ALWAYS_PASSED``) are taken from
-    the saved run.
+    the saved run; the keys in ``RESUME_MAY_CHANGE`` are never conflicts.
     """
     given: dict[str, Any] = {"epochs": epochs, "batch_size": batch, "lr": lr}
     given = {k: v for k, v in given.items() if v is not None}
@@ -138,6 +144,8 @@ def resume_conflicts(saved: TrainConfig, saved_data: str, *, data: str, recipe: 
     keys = [*given, *(k.split(".")[0] for k in (overrides or {}))]
     changes = []
     for key in dict.fromkeys(keys):
+        if key in RESUME_MAY_CHANGE:
+            continue
         old, new = getattr(saved, key), getattr(requested, key)
         if old != new:
             changes.append(f"{key} {old} -> {new}")
@@ -291,6 +299,9 @@ def _train(data: str, *, run: Path, dev: torch.device, dist_info: distributed.Di
                 f"{run}: --resume continues the saved run unchanged, but these settings differ: "
                 f"{'; '.join(changes)}; leave them out to resume, or start a new --out")
         data = saved["data"]
+        given = {k: v for k, v in (config_args.get("overrides") or {}).items()
+                 if k in RESUME_MAY_CHANGE}
+        config = apply_overrides(config, given, what="train config")
         # epochs this run trains: config.epochs, or fewer once budget_min has fitted them
         end_epoch = int(saved.get("fitted_epochs") or config.epochs)
         if int(saved["epoch"]) + 1 >= end_epoch:
@@ -298,6 +309,7 @@ def _train(data: str, *, run: Path, dev: torch.device, dist_info: distributed.Di
                 print(f"{run}: already finished (epoch {end_epoch} of {end_epoch}); "
                       "nothing to train")
             return run
+        _check_time_left(run, config, float(saved.get("elapsed_s", 0.0)))
     else:
         config = _recipe_curriculum(build_config(**config_args), str(data),
                                     asked=set(config_args.get("overrides") or {}))
@@ -473,6 +485,15 @@ def _train(data: str, *, run: Path, dev: torch.device, dist_info: distributed.Di
         if epoch + 1 >= end_epoch:
             break
     return run
+
+
+def _check_time_left(run: Path, config: TrainConfig, trained_s: float) -> None:
+    """Refuse a resume whose time limit is already spent: it would train one epoch and stop."""
+    if config.time_limit_min > 0 and trained_s > 60 * config.time_limit_min:
+        raise DarklensError(
+            f"{run}: its time limit, time_limit_min={config.time_limit_min:g}, is spent "
+            f"({trained_s / 60:.1f} min trained); resume with a larger --set time_limit_min=M "
+            "(the run's total minutes) or time_limit_min=0 to train to the end")
 
 
 def _epochs_in_budget(first_epoch_s: float, budget_min: float, max_epochs: int) -> int:
