@@ -40,12 +40,15 @@ from darklens.sim.presets import get_config
 from darklens.sim.rng import image_keys
 
 
-def _drawn_params(config, label: int, n_images: int, seed: int) -> dict[str, torch.Tensor]:
-    """The simulator's parameters of the first ``n_images`` of class ``label`` (train split)."""
+def _drawn_params(config, label: int, n_images: int, seed: int, split: int = 0,
+                  indices: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """The simulator's parameters of images of class ``label``: the first ``n_images`` of the
+    train split, or the given ``indices`` of ``split`` (``darklens.sim.rng.SPLITS``), exactly as
+    ``darklens simulate --seed`` drew them."""
+    indices = torch.arange(n_images) if indices is None else torch.as_tensor(indices)
     k_msun = theta_E_squared_per_msun(config.z_lens, config.z_source, config.H0, config.Om0)
-    labels = torch.full((n_images,), label)
-    return S.draw_params(config, image_keys(seed, 0, labels, torch.arange(n_images)), labels,
-                         k_msun)
+    labels = torch.full(indices.shape, label)
+    return S.draw_params(config, image_keys(seed, split, labels, indices), labels, k_msun)
 
 
 def _without_substructure(params: dict) -> dict:
@@ -54,9 +57,11 @@ def _without_substructure(params: dict) -> dict:
             for k, v in params.items()}  # sub{i}_theta_E and vort_theta_E
 
 
-def substructure_chi2(config, label: int, n_images: int, seed: int = 11) -> np.ndarray:
-    """(n_images,) chi-square of the substructure of class ``label`` (1 sphere, 2 vort)."""
-    params = _drawn_params(config, label, n_images, seed)
+def substructure_chi2(config, label: int, n_images: int, seed: int = 11, split: int = 0,
+                      indices: torch.Tensor | None = None) -> np.ndarray:
+    """(n_images,) chi-square of the substructure of class ``label`` (1 sphere, 2 vort);
+    ``split`` and ``indices`` pick the images as in ``_drawn_params``."""
+    params = _drawn_params(config, label, n_images, seed, split, indices)
     with_sub = S.render_noise_free(config, params, "cpu")
     without = S.render_noise_free(config, _without_substructure(params), "cpu")
     sigma = S.noise_sigma(config, without, params["exposure"])
@@ -126,15 +131,19 @@ def _smooth_image(config, params: dict, theta: torch.Tensor, names: list[str]) -
 
 
 def refit_chi2(config, label: int, n_images: int, seed: int = 11, iters: int = 30,
-               start_offset: float = 0.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+               start_offset: float = 0.0, split: int = 0, indices: torch.Tensor | None = None
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per image: chi-square at the start (the true smooth model), after re-fitting it, and
     the fit's shift of theta_E [arcsec] (small shifts keep the locally-flat-prior assumption).
 
     Args:
         start_offset: start the fit this far (in units of each parameter's finite-difference
             scale x 1e3) from the truth: the no-substructure control, which must fit to ~0.
+        split, indices: which images, as in ``_drawn_params`` (then ``n_images`` is ignored).
     """
-    params = {k: v.double() for k, v in _drawn_params(config, label, n_images, seed).items()}
+    drawn = _drawn_params(config, label, n_images, seed, split, indices)
+    params = {k: v.double() for k, v in drawn.items()}
+    n_images = len(params["theta_E"])
     data = S.render_noise_free(config, params, "cpu", dtype=torch.float64)
     names = free_parameters(config)
     truth = torch.stack([params[name] for name in names], 1)
