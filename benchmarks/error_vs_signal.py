@@ -63,7 +63,8 @@ def read_predictions(path: Path, split: str) -> dict[str, dict[int, dict]]:
 def check_params(data: Path, split: str, label: int, indices: np.ndarray, config,
                  seed: int) -> float:
     """Largest |theta_E| difference between the re-drawn parameters and the dataset's
-    params.csv: proves the images measured are the ones the classifier saw."""
+    params.csv: a check that the images measured are the ones the classifier saw (theta_E is
+    drawn from the same per-image key as the substructure)."""
     path = data / "params.csv"
     if not path.is_file():
         raise SystemExit(f"{path}: missing; it lets this script check the images it re-draws")
@@ -72,6 +73,9 @@ def check_params(data: Path, split: str, label: int, indices: np.ndarray, config
         for row in csv.DictReader(f):
             if row["split"] == split and int(row["label"]) == label:
                 saved[int(row["index"])] = float(row["theta_E"])
+    missing = sorted(set(int(i) for i in indices) - set(saved))
+    if missing:
+        raise SystemExit(f"{path}: no {split} row for class {CLASSES[label]} index {missing[0]}")
     drawn = snr._drawn_params(config, label, 0, seed, SPLITS[split], torch.as_tensor(indices))
     diff = max(abs(saved[int(i)] - float(t)) for i, t in zip(indices, drawn["theta_E"]))
     if diff > 1e-5:
@@ -98,8 +102,12 @@ def _median(values: np.ndarray) -> float | None:
 
 
 def quantile_edges(values: np.ndarray, k: int) -> list[float]:
-    inner = np.quantile(values, np.linspace(0, 1, k + 1)[1:-1])
-    return [0.0, *[float(f"{v:.3g}") for v in inner], float("inf")]
+    """Edges of ``k`` equally filled bins (exact: rounding them would move images across)."""
+    return [0.0, *map(float, np.quantile(values, np.linspace(0, 1, k + 1)[1:-1])), float("inf")]
+
+
+def _share(v: float | None) -> str:
+    return "-" if v is None else f"{v:.3f}"
 
 
 def table(name: str, rows: list[dict]) -> str:
@@ -107,9 +115,8 @@ def table(name: str, rows: list[dict]) -> str:
              "|---|---:|---:|---:|"]
     for r in rows:
         hi = "inf" if r["chi2_to"] is None else f"{r['chi2_to']:,.4g}"
-        f = (lambda v: "-" if v is None else f"{v:.3f}")
-        lines.append(f"| [{r['chi2_from']:,.4g}, {hi}) | {r['images']} | {f(r['right'])} | "
-                     f"{f(r['not_called_no'])} |")
+        lines.append(f"| [{r['chi2_from']:,.4g}, {hi}) | {r['images']} | {_share(r['right'])} "
+                     f"| {_share(r['not_called_no'])} |")
     return "\n".join(lines)
 
 
@@ -126,6 +133,9 @@ def main(argv=None) -> dict:
     a = ap.parse_args(argv)
     config, seed = dataset_config(a.data)
     preds = read_predictions(a.predictions, a.split)
+    if not all(preds.values()):
+        raise SystemExit(f"{a.predictions}: needs {a.split} images of every class "
+                         f"({', '.join(CLASSES)})")
     no_rows = preds["no"].values()
     result = {"data": str(a.data), "predictions": str(a.predictions), "split": a.split,
               "preset": config.preset, "seed": seed,

@@ -53,7 +53,7 @@ def test_misses_are_binned_by_the_substructure_of_the_images_scored(small_test_s
     assert result["vort"]["right"] == 0.0 and result["vort"]["bins"][0]["not_called_no"] == 0.0
 
 
-def test_a_wrong_seed_is_caught_by_the_datasets_params(small_test_set, tmp_path):
+def test_a_wrong_seed_is_caught_by_the_datasets_params(small_test_set):
     config, seed = evs.dataset_config(small_test_set)
     with pytest.raises(SystemExit, match="re-drawn parameters differ"):
         evs.check_params(small_test_set, "test", 1, np.arange(6), config, seed + 1)

@@ -211,30 +211,38 @@ def test_budget_fits_the_schedule_and_resume_keeps_it(tiny_data, tmp_path, monke
 
 def test_a_time_limited_run_resumes_with_a_raised_limit_to_the_uninterrupted_result(
         tiny_data, tmp_path, monkeypatch):
-    """A run cut by time_limit_min (a wall-limited job) and resumed with a larger limit ends
-    exactly as one run; resuming with the spent limit is a one-line error, not one more epoch."""
+    """A run cut by time_limit_min (a wall-limited job) and resumed with larger limits ends
+    exactly as one run; the limit given on resume is the one used and saved; resuming with the
+    spent limit is a one-line error, not one more epoch."""
     import darklens.train as train_mod
     from safetensors.torch import load_file
 
-    base = dict(recipe="fast", epochs=3, seed=0, **TINY)
+    base = dict(recipe="fast", epochs=4, seed=0, **TINY)
     fixed = {"bn_recalib_batches": "1", "ema_decay": "0.9"}
     monkeypatch.setattr(train_mod, "time", _Clock())  # every epoch "takes" a minute
     cut = tmp_path / "cut"
     train(str(tiny_data), out=cut, resume=False,
           overrides={**fixed, "time_limit_min": "1.5"}, **base)
-    assert len(read_rows(cut)) == 2  # 2 minutes trained > 1.5: stopped after epoch 2 of 3
+    assert len(read_rows(cut)) == 2  # 2 minutes trained > 1.5: stopped after epoch 2 of 4
     with pytest.raises(DarklensError, match="time_limit_min=1.5, is spent"):
         train(str(tiny_data), out=cut, resume=True, overrides={}, **base)
     with pytest.raises(DarklensError, match="settings differ: ema_decay"):  # others still fixed
         train(str(tiny_data), out=cut, resume=True,
               overrides={"ema_decay": "0.5", "time_limit_min": "10"}, **base)
-    train(str(tiny_data), out=cut, resume=True, overrides={"time_limit_min": "10"}, **base)
-    assert yaml.safe_load((cut / "config.yaml").read_text())["time_limit_min"] == 10
+    with pytest.raises(DarklensError, match="time_limit_min=-1: expected minutes >= 0"):
+        train(str(tiny_data), out=cut, resume=True, overrides={"time_limit_min": "-1"}, **base)
+    train(str(tiny_data), out=cut, resume=True, overrides={"time_limit_min": "2.5"}, **base)
+    assert len(read_rows(cut)) == 3  # the new limit stopped it again, after epoch 3
+    assert yaml.safe_load((cut / "config.yaml").read_text())["time_limit_min"] == 2.5
+    with pytest.raises(DarklensError, match="time_limit_min=2.5, is spent"):  # saved with it
+        train(str(tiny_data), out=cut, resume=True, overrides={}, **base)
+    train(str(tiny_data), out=cut, resume=True, overrides={"time_limit_min": "0"}, **base)
     whole = train(str(tiny_data), out=tmp_path / "whole", resume=False, overrides=fixed, **base)
 
     a, b = load_file(whole / "last.safetensors"), load_file(cut / "last.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert [r["val_loss"] for r in read_rows(cut)] == [r["val_loss"] for r in read_rows(whole)]
+    assert len(read_rows(whole)) == 4
 
 
 _KILLED_RUN = textwrap.dedent("""

@@ -109,7 +109,7 @@ TRAIN_SET_KEYS = """\
                 plain_ce_during_warmup, grad_clip, fused_optimizer, ema_decay
   speed:        amp (bf16|none), channels_last, compile (auto|on|off), eval_batch_size
   data:         augment (d4|none), subtract, val_fraction, bn_recalib_batches, tta_val
-  time:         time_limit_min (total minutes, then stop; --resume may raise it),
+  time:         time_limit_min (total minutes, then stop; --resume may change it),
                 budget_min (fit the epochs to it)
   sim:PRESET:   sim_steps_per_epoch, sim_val_per_class, sim_set (simulator overrides),
                 sim_mass_boost, sim_boost_fraction (a curriculum, heavier substructure

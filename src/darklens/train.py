@@ -69,7 +69,7 @@ class TrainConfig:
     val_fraction: float = 0.1  # used when the dataset has no val split
     eval_batch_size: int = 512
     # stop after the epoch at which the run's training time (over all its resumes) passes this
-    # many minutes (0: none); unlike every other key, --resume may raise it (RESUME_MAY_CHANGE)
+    # many minutes (0: none); unlike every other key, --resume may change it (RESUME_MAY_CHANGE)
     time_limit_min: float = 0.0
     # fit the schedule to a time budget: after epoch 1, run only the epochs (at most `epochs`)
     # that fit in this many minutes, with the cosine ending at the last one (0: off)
@@ -171,6 +171,10 @@ def _validate(c: TrainConfig) -> None:
         raise DarklensError(f"amp={c.amp!r}: expected bf16 or none")
     if c.compile not in ("auto", "on", "off"):
         raise DarklensError(f"compile={c.compile!r}: expected auto, on or off")
+    for key in ("time_limit_min", "budget_min"):
+        minutes = getattr(c, key)
+        if not (math.isfinite(minutes) and minutes >= 0):
+            raise DarklensError(f"{key}={minutes:g}: expected minutes >= 0 (0: off)")
     if not (math.isfinite(c.sim_mass_boost) and c.sim_mass_boost >= 1
             and 0 <= c.sim_boost_fraction < 1):
         raise DarklensError(f"sim_mass_boost={c.sim_mass_boost:g}, sim_boost_fraction="
@@ -299,9 +303,10 @@ def _train(data: str, *, run: Path, dev: torch.device, dist_info: distributed.Di
                 f"{run}: --resume continues the saved run unchanged, but these settings differ: "
                 f"{'; '.join(changes)}; leave them out to resume, or start a new --out")
         data = saved["data"]
-        given = {k: v for k, v in (config_args.get("overrides") or {}).items()
-                 if k in RESUME_MAY_CHANGE}
-        config = apply_overrides(config, given, what="train config")
+        may_change = {k: v for k, v in (config_args.get("overrides") or {}).items()
+                      if k in RESUME_MAY_CHANGE}
+        config = apply_overrides(config, may_change, what="train config")
+        _validate(config)
         # epochs this run trains: config.epochs, or fewer once budget_min has fitted them
         end_epoch = int(saved.get("fitted_epochs") or config.epochs)
         if int(saved["epoch"]) + 1 >= end_epoch:
@@ -477,7 +482,7 @@ def _train(data: str, *, run: Path, dev: torch.device, dist_info: distributed.Di
                 "rng": state.rng_state()})
             print(_summary(row), flush=True)
         distributed.barrier(dist_info)
-        over = config.time_limit_min > 0 and elapsed > 60 * config.time_limit_min
+        over = _limit_spent(config, elapsed)
         if distributed.broadcast_flag(over, dist_info, dev) and epoch + 1 < end_epoch:
             if show:
                 print(f"time limit {config.time_limit_min:g} min reached after epoch {epoch + 1}")
@@ -487,9 +492,17 @@ def _train(data: str, *, run: Path, dev: torch.device, dist_info: distributed.Di
     return run
 
 
+def _limit_spent(config: TrainConfig, trained_s: float) -> bool:
+    return config.time_limit_min > 0 and trained_s > 60 * config.time_limit_min
+
+
 def _check_time_left(run: Path, config: TrainConfig, trained_s: float) -> None:
-    """Refuse a resume whose time limit is already spent: it would train one epoch and stop."""
-    if config.time_limit_min > 0 and trained_s > 60 * config.time_limit_min:
+    """Refuse a resume whose time limit is already spent: it would train one epoch and stop.
+
+    The limit is the one given now, else the one saved with the last finished epoch (a piece
+    killed before finishing an epoch saved nothing, so its limit is not the saved one).
+    """
+    if _limit_spent(config, trained_s):
         raise DarklensError(
             f"{run}: its time limit, time_limit_min={config.time_limit_min:g}, is spent "
             f"({trained_s / 60:.1f} min trained); resume with a larger --set time_limit_min=M "
