@@ -32,10 +32,9 @@ from scipy.stats import spearmanr
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import substructure_snr as snr  # noqa: E402
 
+from darklens import CLASSES  # noqa: E402
 from darklens.sim.presets import get_config  # noqa: E402
 from darklens.sim.rng import SPLITS  # noqa: E402
-
-CLASSES = ("no", "sphere", "vort")
 
 
 def dataset_config(data: Path):
