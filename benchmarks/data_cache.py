@@ -5,7 +5,8 @@ Writes N images per class per split as (1, 150, 150) float32 .npy files (the Com
 subprocesses (cold Python each time; the OS page cache is warm for both, which favours the first
 read, the baseline). Usage:
 
-    python benchmarks/data_cache.py --train 10000 --val 2500 --out benchmarks/results/data_cache.json
+    python benchmarks/data_cache.py --train 10000 --val 2500 \\
+        --out benchmarks/results/data_cache.json
 """
 
 from __future__ import annotations

@@ -33,6 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import substructure_snr as snr  # noqa: E402
 
 from darklens import CLASSES  # noqa: E402
+from darklens.errors import DarklensError  # noqa: E402
+from darklens.evaluation.report import read_predictions_csv  # noqa: E402
 from darklens.sim.presets import get_config  # noqa: E402
 from darklens.sim.rng import SPLITS  # noqa: E402
 
@@ -47,15 +49,18 @@ def dataset_config(data: Path):
     return get_config(record["preset"], overrides), int(record["seed"])
 
 
-def read_predictions(path: Path, split: str) -> dict[str, dict[int, dict]]:
-    """class -> image index -> row, for the rows of ``split`` (paths like test/sphere/17.npy)."""
-    out: dict[str, dict[int, dict]] = {c: {} for c in CLASSES}
-    with open(path, newline="") as f:
-        for row in csv.DictReader(f):
-            parts = Path(row["path"]).parts
-            if len(parts) != 3 or parts[0] != split or parts[1] not in CLASSES:
-                raise SystemExit(f"{path}: row {row['path']!r} is not {split}/CLASS/INDEX.npy")
-            out[parts[1]][int(Path(parts[2]).stem)] = row
+def read_predictions(path: Path, split: str) -> dict[str, dict[int, str]]:
+    """class -> image index -> predicted class, for the rows of ``split`` (test/sphere/17.npy)."""
+    try:
+        paths, _, probs = read_predictions_csv(path)
+    except DarklensError as e:
+        raise SystemExit(str(e)) from None
+    out: dict[str, dict[int, str]] = {c: {} for c in CLASSES}
+    for name, p in zip(paths, probs, strict=True):
+        parts = Path(name).parts
+        if len(parts) != 3 or parts[0] != split or parts[1] not in CLASSES:
+            raise SystemExit(f"{path}: row {name!r} is not {split}/CLASS/INDEX.npy")
+        out[parts[1]][int(Path(parts[2]).stem)] = CLASSES[int(np.argmax(p))]  # evaluate's pred
     return out
 
 
@@ -139,15 +144,15 @@ def main(argv=None) -> dict:
     result = {"data": str(a.data), "predictions": str(a.predictions), "split": a.split,
               "preset": config.preset, "seed": seed,
               "no": {"images": len(no_rows),
-                     "called_no": float(np.mean([r["pred"] == "no" for r in no_rows]))}}
+                     "called_no": float(np.mean([r == "no" for r in no_rows]))}}
     print(f"no: {result['no']['images']} images, {result['no']['called_no']:.3f} called \"no\"")
     for label, name in ((1, "sphere"), (2, "vort")):
         rows = preds[name]
         idx = np.array(sorted(rows))
         check_params(a.data, a.split, label, idx, config, seed)
         x2 = snr.substructure_chi2(config, label, 0, seed, SPLITS[a.split], torch.as_tensor(idx))
-        correct = np.array([rows[i]["pred"] == name for i in idx])
-        flagged = np.array([rows[i]["pred"] != "no" for i in idx])
+        correct = np.array([rows[i] == name for i in idx])
+        flagged = np.array([rows[i] != "no" for i in idx])
         bins = binned(x2, correct, flagged, quantile_edges(x2, a.bins))
         result[name] = {"images": len(idx), "right": float(correct.mean()),
                         "chi2_p10_p50_p90": [float(np.percentile(x2, p)) for p in (10, 50, 90)],

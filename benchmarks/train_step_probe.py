@@ -11,7 +11,8 @@ compiles), then times ``training.loop.train_one_epoch`` over ``--steps`` steps. 
 
 Keys of a variant (``name:key=value,...``): ``model`` (densenet_cbam), ``kwargs`` (YAML model
 kwargs, default ``{seed_exact: true}``), ``amp`` (bf16|none), ``cl`` (channels_last 0|1),
-``bench`` (cudnn.benchmark 0|1), ``compile`` (off|default|reduce-overhead|max-autotune-no-cudagraphs),
+``bench`` (cudnn.benchmark 0|1),
+``compile`` (off|default|reduce-overhead|max-autotune-no-cudagraphs),
 ``batch`` (256), ``sync`` (1: wait for the GPU after every step, as darklens did before its
 non-finite check moved onto the device), ``ema`` (0.998; 0 disables), ``prelu`` (how the
 model's PReLUs are computed, same weights and values: ``model`` = the model's own; ``module`` =
@@ -123,7 +124,8 @@ def run_variant(name: str, v: dict, steps: int, warmup: int, profile_path: str |
     ema = loop.EMA(net, float(v["ema"])) if float(v["ema"]) > 0 else None
     train_net = net if v["compile"] == "off" else torch.compile(
         net, mode=None if v["compile"] == "default" else v["compile"])
-    hook = (lambda step: torch.cuda.synchronize()) if v["sync"] == "1" and dev.type == "cuda" else None
+    sync = v["sync"] == "1" and dev.type == "cuda"
+    hook = (lambda step: torch.cuda.synchronize()) if sync else None
 
     def epoch(index: int, n: int, **extra) -> dict:
         batches = tdata.array_batches(split, batch_size=batch, seed=0, epoch=index, augment="d4")
@@ -145,7 +147,8 @@ def run_variant(name: str, v: dict, steps: int, warmup: int, profile_path: str |
            "img_per_s_runs": [round(s["images"] / s["seconds"], 1) for s in timed],
            "skipped_steps": sum(s["skipped_steps"] for s in [warm, *timed]),
            "steps": warmup + 2 * steps,
-           "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if dev.type == "cuda" else None}
+           "peak_gib": (round(torch.cuda.max_memory_allocated() / 2**30, 2)
+                        if dev.type == "cuda" else None)}
     print(json.dumps(row), flush=True)
     if profile_path:
         from torch.profiler import ProfilerActivity, profile
@@ -183,7 +186,8 @@ def main() -> None:
         if a.out:
             with open(a.out, "w") as f:
                 json.dump({"date": time.strftime("%Y-%m-%d"), "command": " ".join(sys.argv),
-                           "torch": torch.__version__, "card": torch.cuda.get_device_name() if a.device == "cuda" else "cpu",
+                           "torch": torch.__version__,
+                           "card": torch.cuda.get_device_name() if a.device == "cuda" else "cpu",
                            "rows": rows}, f, indent=2)
     print(f"\n{'variant':<16}{'img/s':>10}{'warm s':>8}{'skipped':>9}{'GiB':>7}")
     for r in rows:

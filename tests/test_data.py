@@ -2,7 +2,6 @@
 
 import json
 import os
-import pickle
 import zipfile
 from pathlib import Path
 
@@ -21,7 +20,8 @@ def img(h=8, w=8):
     return RNG.random((h, w)).astype(np.float32)
 
 
-def write_split_layout(root: Path, per_class=2, splits=("train", "val"), names=("no", "sphere", "vort")):
+def write_split_layout(root: Path, per_class=2, splits=("train", "val"),
+                       names=("no", "sphere", "vort")):
     for split in splits:
         for name in names:
             d = root / split / name

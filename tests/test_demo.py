@@ -2,8 +2,6 @@
 
 import json
 
-import pytest
-
 import darklens.demo as demo
 from darklens.cli import main
 

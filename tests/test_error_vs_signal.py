@@ -1,6 +1,5 @@
 """benchmarks/error_vs_signal.py: it measures the very images a classifier was scored on."""
 
-import csv
 import importlib.util
 import sys
 from pathlib import Path
@@ -8,6 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from darklens import CLASSES
+from darklens.evaluation.report import predictions_csv
 from darklens.sim import simulate_dataset
 
 _BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
@@ -27,14 +28,14 @@ def small_test_set(tmp_path_factory) -> Path:
 
 def _write_predictions(path: Path, right: set[str]) -> None:
     """Every image called correctly if its path is in ``right``, else called "no"/"sphere"."""
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["path", "label", "p_no", "p_sphere", "p_vort", "pred"])
-        for c in ("no", "sphere", "vort"):
-            for i in range(6):
-                p = f"test/{c}/{i}.npy"
-                pred = c if p in right else ("sphere" if c == "no" else "no")
-                w.writerow([p, c, 0.3, 0.3, 0.4, pred])
+    paths, labels, probs = [], [], []
+    for k, c in enumerate(CLASSES):
+        for i in range(6):
+            paths.append(f"test/{c}/{i}.npy")
+            pred = k if paths[-1] in right else (1 if c == "no" else 0)
+            labels.append(k)
+            probs.append([0.8 if j == pred else 0.1 for j in range(3)])
+    path.write_text(predictions_csv(paths, np.array(probs), np.array(labels)))
 
 
 def test_misses_are_binned_by_the_substructure_of_the_images_scored(small_test_set, tmp_path):

@@ -46,8 +46,8 @@ class Channel_A_Block(nn.Module):
     def __init__(self,in_chans):
         super().__init__()
         self.n = in_chans
-        self.maxpool = nn.AdaptiveMaxPool2d((1))
-        self.avgpool = nn.AdaptiveAvgPool2d((1))
+        self.maxpool = nn.AdaptiveMaxPool2d(1)
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.MLP = nn.Sequential(
             nn.Linear(self.n ,64 ,bias=False),
             nn.PReLU(),
@@ -126,7 +126,7 @@ class Model(nn.Module):
         self.a_b2 = A_Block(192)
         self.tras2 = TransitionLayer(192 , 360)
 
-        self.pool = nn.AdaptiveAvgPool2d((1))
+        self.pool = nn.AdaptiveAvgPool2d(1)
 
         self.neck = nn.Sequential(
             nn.Linear(360,360,bias =False),
@@ -379,7 +379,25 @@ def test_resnet18_hires_keeps_twice_the_resolution_in_its_first_stage():
     assert n_params(create_model("resnet18_hires")) == n_params(create_model("resnet18"))
 
 
-@pytest.mark.parametrize("name", ["densenet_cbam", "resnet18", "resnet18_hires", "efficientnet_b0"])
+def test_resnet18_slim_differs_from_resnet18_only_in_its_last_stage_and_fits_the_ship_limit():
+    slim, full = create_model("resnet18_slim"), create_model("resnet18")
+    slim_shapes = {k: v.shape for k, v in slim.state_dict().items()}
+    full_shapes = {k: v.shape for k, v in full.state_dict().items()}
+    assert slim_shapes.keys() == full_shapes.keys()
+    changed = {k.split(".")[0] for k in slim_shapes if slim_shapes[k] != full_shapes[k]}
+    assert changed == {"layer4", "fc"}
+    assert slim.layer4[-1].conv2.out_channels == 256 and slim.fc.in_features == 256
+    for name, module in full.named_children():  # the stem, pooling and stages 1-3: as resnet18
+        if name not in ("layer4", "fc"):
+            assert str(getattr(slim, name)) == str(module), name
+    def float16_bytes(model):  # as shipped (benchmarks/half_checkpoint.py)
+        return 2 * sum(v.numel() for v in model.state_dict().values() if v.dtype.is_floating_point)
+
+    assert float16_bytes(slim) < 20e6 < float16_bytes(full)  # issue 5's limit: only slim fits
+
+
+@pytest.mark.parametrize("name", ["densenet_cbam", "resnet18", "resnet18_hires", "resnet18_slim",
+                                  "efficientnet_b0"])
 @torch.no_grad()
 def test_full_models_forward(name):
     model = create_model(name).eval()

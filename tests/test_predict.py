@@ -14,7 +14,6 @@ from test_evaluate import SIZE, lens_like, read_csv, tiny_checkpoint, write_data
 from darklens import CLASSES
 from darklens.cli import main
 
-
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 

@@ -214,8 +214,9 @@ def test_a_time_limited_run_resumes_with_a_raised_limit_to_the_uninterrupted_res
     """A run cut by time_limit_min (a wall-limited job) and resumed with larger limits ends
     exactly as one run; the limit given on resume is the one used and saved; resuming with the
     spent limit is a one-line error, not one more epoch."""
-    import darklens.train as train_mod
     from safetensors.torch import load_file
+
+    import darklens.train as train_mod
 
     base = dict(recipe="fast", epochs=4, seed=0, **TINY)
     fixed = {"bn_recalib_batches": "1", "ema_decay": "0.9"}

@@ -125,7 +125,8 @@ def save_checkpoint(
         model: the model; DDP / torch.compile wrapper prefixes are stripped from its keys.
         model_name: registered name that rebuilds it (``create_model(model_name, **model_kwargs)``).
         model_kwargs: JSON-serialisable kwargs for ``create_model``.
-        preprocessing: e.g. ``{"subtract": 0.5, "input_size": [150, 150]}`` (see :func:`preprocess`).
+        preprocessing: e.g. ``{"subtract": 0.5, "input_size": [150, 150]}``
+            (see :func:`preprocess`).
         config: the resolved config (dataclass or dict).
         metrics: numbers worth showing (e.g. ``{"val_auc_macro": 0.99}``).
         seed: the run's seed.
@@ -257,6 +258,9 @@ def _resolve_device(device: str | torch.device) -> torch.device:
 def load_checkpoint(spec: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
     """Rebuild a model from a checkpoint and load its weights strictly.
 
+    The model is built in float32 and the stored tensors are copied into it, so float16 weights
+    (shipped models, see ``benchmarks/half_checkpoint.py``) load as float32.
+
     Args:
         spec: run folder (``best.*``, else ``last.*``), a ``.safetensors`` or ``.json`` file of a
             pair, or ``pretrained:<name>``.
@@ -333,7 +337,8 @@ def preprocess(images: np.ndarray | torch.Tensor, meta: dict) -> torch.Tensor:
     if x.ndim == 3:
         x = x.unsqueeze(1)
     if x.ndim != 4:
-        raise DarklensError(f"images: expected (N, H, W) or (N, C, H, W), got shape {tuple(x.shape)}")
+        raise DarklensError("images: expected (N, H, W) or (N, C, H, W), got shape "
+                            f"{tuple(x.shape)}")
     x = x.to(torch.float32)
     prep = meta.get("preprocessing") or {}
 

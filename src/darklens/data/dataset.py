@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from darklens.data.cache import Packed, load_or_build
-from darklens.data.layout import ALL_SPLIT, natural_key, scan_folder, scan_zip, list_dataset
+from darklens.data.layout import ALL_SPLIT, list_dataset, natural_key, scan_folder, scan_zip
 from darklens.data.readers import read_image
 from darklens.errors import DarklensError
 

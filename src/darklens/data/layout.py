@@ -189,7 +189,8 @@ def _add_classes(listing: Listing, files, dirs, prefix: str, split: str) -> None
         images = sorted(
             (f for f in _children(path + "/", files) if f.endswith(".npy")), key=natural_key)
         if not images:
-            listing.problems.append(Problem("empty_class", path, "class folder holds no .npy files"))
+            listing.problems.append(
+                Problem("empty_class", path, "class folder holds no .npy files"))
         for f in images:
             size, mtime = files[f"{path}/{f}"]
             listing.entries.append(Entry(f"{path}/{f}", split, label, size, mtime))

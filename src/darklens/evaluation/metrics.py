@@ -55,7 +55,6 @@ def expected_calibration_error(
     correct = probs.argmax(axis=1) == y_true
     # ceil(c * n_bins) - 1 puts c in (lo, hi]; clip keeps c == 0 in the first bin.
     bins = np.clip(np.ceil(confidence * n_bins).astype(np.int64) - 1, 0, n_bins - 1)
-    counts = np.bincount(bins, minlength=n_bins)
     conf_sum = np.bincount(bins, weights=confidence, minlength=n_bins)
     correct_sum = np.bincount(bins, weights=correct.astype(np.float64), minlength=n_bins)
     return float(np.abs(correct_sum - conf_sum).sum() / len(y_true))

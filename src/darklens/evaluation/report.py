@@ -54,6 +54,66 @@ def predictions_csv(paths: list[str], probs: np.ndarray, labels: np.ndarray | No
     return buf.getvalue()
 
 
+def read_predictions_csv(path: str | Path) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Read back an ``evaluate`` predictions.csv: (paths, labels as class indices, probs (N, K)).
+
+    Every problem is one :class:`DarklensError` naming the file (and the row, where one is at
+    fault), so scripts that compare runs fail with a line, not a traceback. Rows must be what
+    :func:`predictions_csv` writes: probabilities in [0, 1] summing to 1, ``pred`` their argmax,
+    each path once.
+    """
+    path = Path(path)
+    columns = ["path", "label", *(f"p_{c}" for c in CLASSES), "pred"]
+    paths, labels, probs, seen = [], [], [], set()
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.reader(f)
+            header = next(reader, None)
+            if header == [c for c in columns if c != "label"]:
+                raise DarklensError(f"{path}: written by darklens predict (no label column); "
+                                    "score labelled data with darklens evaluate")
+            if header != columns:
+                raise DarklensError(f"{path}: not an evaluate predictions.csv (header must be "
+                                    f"{','.join(columns)})")
+            for row in reader:
+                n = reader.line_num
+                try:
+                    paths.append(row[0] if len(row) == len(columns) else "")
+                    labels.append(_row_label(row, columns))
+                    probs.append(_row_probs(row))
+                except ValueError as e:
+                    raise DarklensError(f"{path}: row {n}: {e}") from None
+                if row[0] in seen:
+                    raise DarklensError(f"{path}: row {n}: {row[0]!r} appears twice")
+                seen.add(row[0])
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        where = f"line {reader.line_num}: " if isinstance(e, csv.Error) else ""
+        raise DarklensError(f"{path}: cannot read ({where}"
+                            f"{getattr(e, 'strerror', None) or e})") from None
+    if not paths:
+        raise DarklensError(f"{path}: no rows")
+    return paths, np.array(labels), np.array(probs)
+
+
+def _row_label(row: list[str], columns: list[str]) -> int:
+    if len(row) != len(columns):
+        raise ValueError(f"{len(row)} fields, not {len(columns)}")
+    if row[1] not in CLASSES:
+        raise ValueError(f"label {row[1]!r} is not one of {', '.join(CLASSES)}")
+    return CLASSES.index(row[1])
+
+
+def _row_probs(row: list[str]) -> list[float]:
+    probs = [float(v) for v in row[2:2 + len(CLASSES)]]
+    if not all(0.0 <= p <= 1.0 for p in probs):  # also false for NaN
+        raise ValueError("a probability is NaN or outside [0, 1]")
+    if abs(sum(probs) - 1.0) > 1e-3:
+        raise ValueError(f"probabilities sum to {sum(probs):.4g}, not 1")
+    if row[-1] != CLASSES[int(np.argmax(probs))]:
+        raise ValueError(f"pred {row[-1]!r} is not the most probable class")
+    return probs
+
+
 def _markdown(report: dict) -> str:
     auc, ci = report["auc"], report["ci95"]
 

@@ -13,7 +13,6 @@ behaviour (e.g. to run the notebook's weights as they were trained).
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from darklens.models.registry import register_model

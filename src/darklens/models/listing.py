@@ -33,9 +33,9 @@ def _format_metrics(metrics: dict) -> str:
 def print_models(pattern: str = "*") -> None:
     """Print registered models matching ``pattern`` (fnmatch) with parameter counts, then the
     shipped pretrained checkpoints (``pretrained:<name>``) with their recorded metrics."""
-    from darklens.checkpoint import list_pretrained
-
     from tqdm import tqdm
+
+    from darklens.checkpoint import list_pretrained
 
     names = list_models(pattern)
     width = max([len(n) for n in names] + [5])

@@ -19,9 +19,9 @@ import torch
 
 from darklens.errors import DarklensError
 from darklens.sim import fused
-from darklens.sim.cuda_graph import graphed
 from darklens.sim import profiles as P
 from darklens.sim.cosmology import theta_E_squared_per_msun
+from darklens.sim.cuda_graph import graphed
 from darklens.sim.presets import SimConfig, get_config
 from darklens.sim.rng import (
     SPLITS,
