@@ -18,14 +18,13 @@ import argparse
 import json
 import os
 import sys
-import warnings
 from pathlib import Path
 
 import numpy as np
 
 from darklens import CLASSES
 from darklens.errors import DarklensError
-from darklens.evaluation.metrics import binary_auc, compute_metrics
+from darklens.evaluation.metrics import compute_metrics, resampled_macro_auc
 from darklens.evaluation.report import read_predictions_csv
 
 
@@ -47,17 +46,6 @@ def _check_same_data(a: Path, b: Path) -> None:
                             f"{scored[1]['split']})")
 
 
-def _macro_aucs(labels: np.ndarray, probs: np.ndarray, idx: np.ndarray) -> np.ndarray:
-    """Macro AUC of each resample (row of ``idx``) over the classes it holds, as
-    :func:`darklens.evaluation.metrics.compute_metrics` bootstraps it; NaN for a resample of
-    one class only."""
-    per_class = np.stack([binary_auc(labels[idx] == k, probs[idx, k])
-                          for k in range(len(CLASSES))], axis=1)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN row
-        return np.nanmean(per_class, axis=1)
-
-
 def paired_differences(labels: np.ndarray, probs_a: np.ndarray, probs_b: np.ndarray,
                        n_bootstrap: int, seed: int = 0, chunk: int = 64) -> np.ndarray:
     """(n_bootstrap, 2): B - A in accuracy and macro AUC, both models on the same resample."""
@@ -67,7 +55,8 @@ def paired_differences(labels: np.ndarray, probs_a: np.ndarray, probs_b: np.ndar
     for start in range(0, n_bootstrap, chunk):
         idx = rng.integers(0, len(labels), size=(min(chunk, n_bootstrap - start), len(labels)))
         out.append(np.stack([right_b[idx].mean(1) - right_a[idx].mean(1),
-                             _macro_aucs(labels, probs_b, idx) - _macro_aucs(labels, probs_a, idx)],
+                             resampled_macro_auc(labels, probs_b, idx)
+                             - resampled_macro_auc(labels, probs_a, idx)],
                             axis=1))
     return np.concatenate(out)
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from darklens.checkpoint import META_SUFFIX, WEIGHTS_SUFFIX, _sha256, read_meta
+from darklens.checkpoint import META_SUFFIX, WEIGHTS_SUFFIX, _sha256, load_checkpoint
 from darklens.errors import DarklensError
 
 
@@ -34,25 +34,20 @@ def half_copy(run: str | Path, out: str | Path) -> Path:
     Everything is written into a hidden sibling folder that becomes ``out`` in one rename, so a
     failure leaves no partial ``out`` behind.
     """
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import save_file
 
     run, out = Path(run), Path(out)
-    weights, meta_path = run / ("best" + WEIGHTS_SUFFIX), run / ("best" + META_SUFFIX)
+    weights = run / ("best" + WEIGHTS_SUFFIX)
     if not weights.is_file():
         raise DarklensError(f"{weights}: missing (RUN must hold the best checkpoint of a run)")
-    meta = read_meta(meta_path)
-    source_sha = _sha256(weights)
-    if meta.get("weights_sha256") not in (None, source_sha):
-        raise DarklensError(f"{weights}: does not match the sha256 in {meta_path.name}")
     if out.exists():
         raise DarklensError(f"{out}: already exists; give a new folder")
-    try:
-        state = load_file(str(weights))
-    except (SafetensorError, OSError, ValueError) as e:
-        raise DarklensError(f"{weights}: not a readable safetensors file ({e})") from None
+    # load_checkpoint reads the pair, checks the sha256 and that the weights fit the model
+    model, meta = load_checkpoint(weights)
+    meta.pop("source")
+    source_sha = _sha256(weights)
     half = {}
-    for key, value in state.items():
+    for key, value in model.state_dict().items():
         if value.is_floating_point():
             if not torch.isfinite(value).all():
                 raise DarklensError(f"{weights}: {key} holds NaN or infinity")

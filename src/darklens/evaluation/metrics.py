@@ -105,6 +105,18 @@ def _aucs(y_true: np.ndarray, probs: np.ndarray) -> dict[str, float | None]:
     }
 
 
+def resampled_macro_auc(y_true: np.ndarray, probs: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """Macro AUC of each resample ``idx[r]`` (rows of image indices), averaged over the classes
+    the resample holds; NaN for a resample of a single class."""
+    labels = y_true[idx]
+    per_class = np.stack(
+        [binary_auc(labels == k, probs[idx, k]) for k in range(len(CLASSES))], axis=1
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a row with no defined AUC: NaN
+        return np.nanmean(per_class, axis=1)
+
+
 def _bootstrap_ci(
     y_true: np.ndarray, probs: np.ndarray, n_bootstrap: int, seed: int, chunk: int = 64
 ) -> dict[str, list[float] | None]:
@@ -116,13 +128,7 @@ def _bootstrap_ci(
     for start in range(0, n_bootstrap, chunk):
         idx = rng.integers(0, n, size=(min(chunk, n_bootstrap - start), n))
         accuracies.append(correct[idx].mean(axis=1))
-        labels = y_true[idx]
-        per_class = np.stack(
-            [binary_auc(labels == k, probs[idx, k]) for k in range(len(CLASSES))], axis=1
-        )
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # a row with no defined AUC: NaN
-            macro_aucs.append(np.nanmean(per_class, axis=1))
+        macro_aucs.append(resampled_macro_auc(y_true, probs, idx))
     acc = np.concatenate(accuracies)
     mac = np.concatenate(macro_aucs)
     mac = mac[np.isfinite(mac)]

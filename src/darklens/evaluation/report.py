@@ -78,14 +78,15 @@ def read_predictions_csv(path: str | Path) -> tuple[list[str], np.ndarray, np.nd
             for row in reader:
                 n = reader.line_num
                 try:
-                    paths.append(row[0] if len(row) == len(columns) else "")
-                    labels.append(_row_label(row, columns))
-                    probs.append(_row_probs(row))
+                    label, p = _row_label(row, columns), _row_probs(row)
                 except ValueError as e:
                     raise DarklensError(f"{path}: row {n}: {e}") from None
                 if row[0] in seen:
                     raise DarklensError(f"{path}: row {n}: {row[0]!r} appears twice")
                 seen.add(row[0])
+                paths.append(row[0])
+                labels.append(label)
+                probs.append(p)
     except (OSError, UnicodeDecodeError, csv.Error) as e:
         where = f"line {reader.line_num}: " if isinstance(e, csv.Error) else ""
         raise DarklensError(f"{path}: cannot read ({where}"
