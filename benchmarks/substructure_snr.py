@@ -51,21 +51,15 @@ def _drawn_params(config, label: int, n_images: int, seed: int, split: int = 0,
     return S.draw_params(config, image_keys(seed, split, labels, indices), labels, k_msun)
 
 
-def _without_substructure(params: dict) -> dict:
-    """The same parameters with every subhalo and the vortex massless (the lens keeps its)."""
-    return {k: (torch.zeros_like(v) if k.endswith("theta_E") and k != "theta_E" else v)
-            for k, v in params.items()}  # sub{i}_theta_E and vort_theta_E
-
-
 def substructure_chi2(config, label: int, n_images: int, seed: int = 11, split: int = 0,
                       indices: torch.Tensor | None = None) -> np.ndarray:
     """(n_images,) chi-square of the substructure of class ``label`` (1 sphere, 2 vort);
     ``split`` and ``indices`` pick the images as in ``_drawn_params``."""
     params = _drawn_params(config, label, n_images, seed, split, indices)
     with_sub = S.render_noise_free(config, params, "cpu")
-    without = S.render_noise_free(config, _without_substructure(params), "cpu")
-    sigma = S.noise_sigma(config, without, params["exposure"])
-    return (((with_sub - without) / sigma) ** 2).flatten(1).sum(1).numpy()
+    without = S.render_noise_free(config, S.without_substructure(params), "cpu")
+    return S.substructure_chi2_map(config, with_sub, without,
+                                   params["exposure"]).flatten(1).sum(1).numpy()
 
 
 #: the smooth model's parameters; the lens ellipticity as (e1, e2), not (q, phi), so the fit
@@ -118,7 +112,7 @@ def free_parameters(config) -> list[str]:
 def _smooth_image(config, params: dict, theta: torch.Tensor, names: list[str]) -> torch.Tensor:
     """Noise-free float64 image with ``names`` set to ``theta`` (B, len(names)), the other
     parameters as drawn, and the substructure removed."""
-    p = _without_substructure(params)
+    p = S.without_substructure(params)
     p.update({name: theta[:, i] for i, name in enumerate(names)})
     c = torch.sqrt(p["lens_e1"] ** 2 + p["lens_e2"] ** 2).clamp(max=0.9)
     p["lens_q"] = (1 - c) / (1 + c)

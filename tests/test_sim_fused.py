@@ -47,6 +47,15 @@ def test_render_fused_backend_matches_eager(measured):
     assert measured["render_seed_changes_images"] > 0.01
 
 
+def test_fused_signal_map_matches_eager(measured):
+    """render(with_signal=True) on the fused branch: the same image in channel 0, the same
+    substructure chi-square map as the eager branch, zero for class "no" only."""
+    assert measured["signal_image_unchanged"]
+    assert measured["signal_fused_vs_eager"] < 1e-4
+    no, sphere, vort = measured["signal_per_class_sums"]
+    assert no == 0.0 and sphere > 0 and vort > 0
+
+
 def test_failed_graph_capture_falls_back_to_uncaptured_launches(monkeypatch):
     from darklens.sim import cuda_graph
 

@@ -84,6 +84,12 @@ class TrainConfig:
     # presets in CURRICULUM_PRESETS).
     sim_mass_boost: float = 1.0
     sim_boost_fraction: float = 0.0
+    # sim:PRESET only, signal supervision (darklens.training.signal): a training-only head on
+    # feature stage signal_stage learns each image's substructure chi-square map, its loss
+    # weighted by signal_weight beside the classification loss (0: off). Checkpoints hold the
+    # model alone.
+    signal_weight: float = 0.0
+    signal_stage: int = 2
     seed: int = 0
 
 
@@ -180,6 +186,9 @@ def _validate(c: TrainConfig) -> None:
         raise DarklensError(f"sim_mass_boost={c.sim_mass_boost:g}, sim_boost_fraction="
                             f"{c.sim_boost_fraction:g}: expected a finite boost >= 1 and a "
                             "fraction in [0, 1) (the run must end on the preset's masses)")
+    if not (math.isfinite(c.signal_weight) and c.signal_weight >= 0):
+        raise DarklensError(f"signal_weight={c.signal_weight:g}: expected a finite weight >= 0 "
+                            "(0: off)")
     _model_kwargs(c)
     from darklens.models import check_model_name  # registry filled by the model modules
 
@@ -348,6 +357,10 @@ def _train(data: str, *, run: Path, dev: torch.device, dist_info: distributed.Di
             raise DarklensError(f"{data}: sim_mass_boost, sim_boost_fraction: the mass "
                                 "curriculum needs sim:PRESET training data (a dataset "
                                 "folder's images are fixed)")
+        if config.signal_weight > 0:
+            raise DarklensError(f"{data}: signal_weight: signal supervision needs sim:PRESET "
+                                "training data (only the simulator knows where the "
+                                "substructure is)")
         train_split, val, data_info = tdata.load_array_splits(
             str(data), seed=config.seed, val_fraction=config.val_fraction, device=dev,
             allow_pickle=allow_pickle, progress=show)
@@ -362,9 +375,15 @@ def _train(data: str, *, run: Path, dev: torch.device, dist_info: distributed.Di
     model_kwargs = _model_kwargs(config)
     net = create_model(config.model, in_chans=1, num_classes=len(CLASSES), **model_kwargs)
     net = net.to(dev)
+    # the network that trains: the model, or the model and a training-only signal head
+    trained = net
+    if config.signal_weight > 0:
+        from darklens.training.signal import SignalSupervised
+
+        trained = SignalSupervised(net, config.signal_stage, config.model).to(dev)
     if config.channels_last:
-        net = net.to(memory_format=torch.channels_last)
-    optimizer = loop.make_optimizer(net.parameters(), lr=config.lr,
+        trained = trained.to(memory_format=torch.channels_last)
+    optimizer = loop.make_optimizer(trained.parameters(), lr=config.lr,
                                     weight_decay=config.weight_decay,
                                     fused=config.fused_optimizer)
     warmup_steps = int(round(config.warmup_epochs * n_steps))
@@ -377,6 +396,8 @@ def _train(data: str, *, run: Path, dev: torch.device, dist_info: distributed.Di
     elapsed_before = 0.0
     if saved is not None:
         net.load_state_dict(saved["model"])
+        if trained is not net:
+            trained.head.load_state_dict(saved["signal_head"])
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
         if ema is not None:
@@ -388,10 +409,10 @@ def _train(data: str, *, run: Path, dev: torch.device, dist_info: distributed.Di
         elapsed_before = float(saved.get("elapsed_s", 0.0))
         state.set_rng_state(saved["rng"])
 
-    train_net = net
+    train_net = trained
     if dist_info.enabled:
         train_net = torch.nn.parallel.DistributedDataParallel(
-            net, device_ids=[dev.index] if dev.type == "cuda" else None)
+            trained, device_ids=[dev.index] if dev.type == "cuda" else None)
     compiled = False
     if config.compile == "on" or (config.compile == "auto" and dev.type == "cuda"):
         train_net, compiled = _try_compile(train_net, dev, config, rank_batch, input_size,
@@ -426,14 +447,15 @@ def _train(data: str, *, run: Path, dev: torch.device, dist_info: distributed.Di
                                          boost_epochs, epoch)
             batches = tdata.sim_batches(preset, batch_size=rank_batch, steps=n_steps,
                                         seed=config.seed, epoch=epoch, rank=dist_info.rank,
-                                        device=dev, overrides=boosted, augment=config.augment)
+                                        device=dev, overrides=boosted, augment=config.augment,
+                                        with_signal=config.signal_weight > 0)
         lr_now = optimizer.param_groups[0]["lr"]
         stats = loop.train_one_epoch(
             train_net, batches, n_steps=n_steps, optimizer=optimizer, scheduler=scheduler,
             loss_fn=loop.make_loss(smoothing), subtract=config.subtract, device=dev,
             amp=config.amp, channels_last=config.channels_last, ema=ema,
             grad_clip=config.grad_clip, desc=f"epoch {epoch + 1}/{end_epoch}",
-            show_progress=show)
+            show_progress=show, signal_weight=config.signal_weight)
         train_loss = distributed.all_reduce_mean(stats["train_loss"], dist_info, dev)
         if stats["skipped_steps"] > max(1, n_steps // 10):
             raise DarklensError(
@@ -452,6 +474,9 @@ def _train(data: str, *, run: Path, dev: torch.device, dist_info: distributed.Di
                "skipped_steps": stats["skipped_steps"],
                "train_images_per_s": stats["images"] * world / stats["seconds"],
                "epoch_train_s": stats["seconds"], "elapsed_s": elapsed}
+        if "signal_loss" in stats:
+            row["train_signal_loss"] = distributed.all_reduce_mean(stats["signal_loss"],
+                                                                   dist_info, dev)
         history.append(row)
         if epoch == 0 and config.budget_min > 0:
             fitted = distributed.broadcast_int(
@@ -474,6 +499,7 @@ def _train(data: str, *, run: Path, dev: torch.device, dist_info: distributed.Di
             state.save_state(run, {
                 "config": to_dict(config), "data": str(data), "epoch": epoch,
                 "model": net.state_dict(), "optimizer": optimizer.state_dict(),
+                **({"signal_head": trained.head.state_dict()} if trained is not net else {}),
                 "scheduler": scheduler.state_dict(),
                 "ema": ema.state_dict() if ema is not None else {},
                 "ema_updates": ema.updates if ema is not None else 0,
@@ -628,7 +654,10 @@ def _try_compile(train_net: torch.nn.Module, dev: torch.device, config: TrainCon
         for p in params:
             p.grad = None
         with loop.autocast(dev, config.amp):
-            out = module(x).float()
+            out = module(x)
+        # (logits, signal map) with a signal head: compare and back-propagate through both
+        out = (torch.cat([o.float().flatten(1) for o in out], 1) if isinstance(out, tuple)
+               else out.float())
         out.sum().backward()
         grads = [p.grad.detach().clone() if p.grad is not None else None for p in params]
         train_net.load_state_dict(buffers)  # undo the BN statistics of this batch

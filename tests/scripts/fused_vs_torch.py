@@ -74,6 +74,13 @@ want, p_want = S.render(config, seed, split, labels, indices, "cpu", "eager")
 result["render_fused_vs_eager"] = float((got - want).abs().max())
 result["render_params_equal"] = all(torch.equal(p_got[k], p_want[k]) for k in p_want)
 other, _ = S.render(config, seed + 1, split, labels, indices, "cpu", "fused")
+# with_signal: the substructure chi-square map of the fused branch against the eager one
+sig_got, _ = S.render(config, seed, split, labels, indices, "cpu", "fused", with_signal=True)
+sig_want, _ = S.render(config, seed, split, labels, indices, "cpu", "eager", with_signal=True)
+result["signal_image_unchanged"] = bool(torch.equal(sig_got[:, :1], got))
+result["signal_fused_vs_eager"] = float((sig_got[:, 1] - sig_want[:, 1]).abs().max()
+                                        / sig_want[:, 1].abs().max())
+result["signal_per_class_sums"] = [float(sig_got[labels == c, 1].sum()) for c in range(3)]
 result["render_seed_changes_images"] = float((other - got).abs().max())
 
 t = torch.linspace(-3.0, 3.0, 13)

@@ -11,6 +11,7 @@ an image does not depend on which batch, shard or run made it.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from collections.abc import Sequence
@@ -282,6 +283,26 @@ def render_noise_free(config: SimConfig, p: dict[str, Tensor], device,
     return P.convolve_separable(image, P.psf_taps(config, dtype=dtype, device=device))
 
 
+def without_substructure(params: dict[str, Tensor]) -> dict[str, Tensor]:
+    """The same parameters with every subhalo and the vortex massless (the lens keeps its).
+
+    A massless term deflects by exactly 0; ``sub_count`` 0 also lets both renderers skip the
+    subhalos."""
+    out = {k: (torch.zeros_like(v) if k.endswith("theta_E") and k != "theta_E" else v)
+           for k, v in params.items()}  # sub{i}_theta_E and vort_theta_E
+    if "sub_count" in out:
+        out["sub_count"] = torch.zeros_like(out["sub_count"])
+    return out
+
+
+def substructure_chi2_map(config: SimConfig, with_sub: Tensor, without: Tensor,
+                          exposure: Tensor) -> Tensor:
+    """Per-pixel chi-square (B, H, W) of the substructure: the noise-free image with and
+    without it, over the noise of the image without it. Its sum over an image is the
+    ideal-observer statistic of ``benchmarks/substructure_snr.py``; zero for class "no"."""
+    return ((with_sub - without) / noise_sigma(config, without, exposure)) ** 2
+
+
 def noise_sigma(config: SimConfig, image: Tensor, exposure: Tensor) -> Tensor:
     """Per-pixel noise (B, H, W) of a noise-free ``image``: Poisson on signal + sky (as a
     Gaussian with variance = counts), plus background noise."""
@@ -381,8 +402,8 @@ def _seed_words_on(seed: int, device: torch.device) -> Tensor:
 
 
 def render(config: SimConfig, seed: int, split_id: int | Tensor, labels: Tensor,
-           indices: Tensor, device, backend: str = "auto",
-           cuda_graph: bool = True) -> tuple[Tensor, dict[str, Tensor]]:
+           indices: Tensor, device, backend: str = "auto", cuda_graph: bool = True,
+           with_signal: bool = False) -> tuple[Tensor, dict[str, Tensor]]:
     """Images (B, 1, H, W) and params for explicit per-image (split, label, index).
 
     Args:
@@ -391,6 +412,9 @@ def render(config: SimConfig, seed: int, split_id: int | Tensor, labels: Tensor,
             :mod:`darklens.sim.fused`, CUDA) or 'auto' (fused where available, else eager).
         cuda_graph: 'fused' only: replay the whole batch (parameter draws included) as one
             CUDA graph, captured per (config, batch size, device). Same bits, less launch time.
+        with_signal: images (B, 2, H, W) instead: channel 1 is where the substructure is, its
+            :func:`substructure_chi2_map` (two more noise-free renders), for training with
+            signal supervision. Channel 0 is the same image as without it.
     """
     device = torch.device(device)
     backend = choose_backend(backend, config, device)
@@ -407,7 +431,15 @@ def render(config: SimConfig, seed: int, split_id: int | Tensor, labels: Tensor,
             keys = image_keys(words, split, labels, indices)
             params = draw_params(config, keys, labels, k_msun, grid)
             noise_key = pixel_noise_base(keys, _NOISE_STREAM)
-            return min_max(fused.render_pixels(config, params, noise_key, device))[:, None], params
+            images = min_max(fused.render_pixels(config, params, noise_key, device))[:, None]
+            if with_signal:
+                quiet = dataclasses.replace(config, noise=False)
+                chi2 = substructure_chi2_map(
+                    config, fused.render_pixels(quiet, params, noise_key, device),
+                    fused.render_pixels(quiet, without_substructure(params), noise_key, device),
+                    params["exposure"])
+                images = torch.cat([images, chi2[:, None]], 1)
+            return images, params
 
         # No host-to-GPU copy per batch (each would wait for the GPU: see SimulatedStream)
         words = _seed_words_on(int(seed), device)
@@ -420,7 +452,7 @@ def render(config: SimConfig, seed: int, split_id: int | Tensor, labels: Tensor,
         with torch.cuda.device(device):
             if not cuda_graph:
                 return body(*inputs)
-            key = (config, labels.shape[0], str(device))
+            key = (config, labels.shape[0], str(device), with_signal)
             return graphed(key, body, inputs, device)(*inputs)
     keys = image_keys(int(seed), split_id, labels, indices)
     params = draw_params(config, keys, labels, k_msun, grid)
@@ -428,7 +460,13 @@ def render(config: SimConfig, seed: int, split_id: int | Tensor, labels: Tensor,
     if backend == "compile":
         fn = _COMPILED.setdefault("pixels", torch.compile(_render_pixels, dynamic=False))
     tables = _noise_tables(config, device) if backend == "compile" or device.type != "cpu" else None
-    return fn(config, params, keys, tables, device), params
+    images = fn(config, params, keys, tables, device)
+    if with_signal:
+        chi2 = substructure_chi2_map(
+            config, render_noise_free(config, params, device),
+            render_noise_free(config, without_substructure(params), device), params["exposure"])
+        images = torch.cat([images, chi2[:, None]], 1)
+    return images, params
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:

@@ -26,11 +26,13 @@ class SimulatedStream(IterableDataset):
         overrides: ``--set`` style overrides.
         num_batches: stop after this many batches (None: endless).
         start_batch: first batch number (to resume a stream).
+        with_signal: yield ``(images, labels, chi2)``, where ``chi2`` (B, 1, H, W) is each
+            image's per-pixel substructure chi-square (``render(with_signal=True)``).
     """
 
     def __init__(self, preset: str | SimConfig = "model_a", batch_size: int = 64, seed: int = 0,
                  device="cpu", overrides: dict | None = None, num_batches: int | None = None,
-                 start_batch: int = 0):
+                 start_batch: int = 0, with_signal: bool = False):
         super().__init__()
         self.config = get_config(preset, overrides)
         self.batch_size = int(batch_size)
@@ -38,6 +40,7 @@ class SimulatedStream(IterableDataset):
         self.device = resolve_device(device)
         self.num_batches = num_batches
         self.start_batch = start_batch
+        self.with_signal = with_signal
 
     def labels_for(self, indices: torch.Tensor) -> torch.Tensor:
         """Class of each stream image, a pure function of (seed, index)."""
@@ -57,6 +60,6 @@ class SimulatedStream(IterableDataset):
             indices = offsets + b * self.batch_size
             labels = self.labels_for(indices)
             images, _ = render(self.config, self.seed, SPLITS["stream"], labels, indices,
-                               self.device)
-            yield images, labels
+                               self.device, with_signal=self.with_signal)
+            yield (images[:, :1], labels, images[:, 1:]) if self.with_signal else (images, labels)
             b += workers

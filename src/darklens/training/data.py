@@ -248,18 +248,26 @@ def mass_boosted(preset: str, overrides: dict, boost: float, boost_epochs: int,
 
 def sim_batches(preset: str, *, batch_size: int, steps: int, seed: int, epoch: int, rank: int,
                 device: torch.device, overrides: dict, augment: str = "none",
-                ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Fresh simulated training batches; the stream's seed depends on (seed, epoch, rank)."""
+                with_signal: bool = False) -> Iterator[tuple[torch.Tensor, ...]]:
+    """Fresh simulated training batches; the stream's seed depends on (seed, epoch, rank).
+
+    With ``with_signal`` each batch is ``(images, labels, chi2)``: the per-pixel substructure
+    chi-square of each image, flipped and rotated with it.
+    """
     from darklens.sim import SimulatedStream
 
     stream_seed = int(torch.randint(0, 2**31 - 1, (1,),
                                     generator=epoch_generator(seed, epoch, salt=1000 + rank)))
-    stream = SimulatedStream(preset, batch_size, stream_seed, str(device), overrides or None)
+    stream = SimulatedStream(preset, batch_size, stream_seed, str(device), overrides or None,
+                             with_signal=with_signal)
     aug_g = epoch_generator(seed, epoch, salt=rank + 1)
     it = iter(stream)
     for _ in range(steps):
-        x, y = next(it)
+        x, y, *signal = next(it)
+        if signal:  # one tensor, so the image and its map get the same D4 element
+            x = torch.cat([x, *signal], 1)
         x = x.to(device, torch.float32)
         if augment == "d4":
             x = d4_augment(x, aug_g)
-        yield x, torch.as_tensor(y, device=device, dtype=torch.long)
+        y = torch.as_tensor(y, device=device, dtype=torch.long)
+        yield (x[:, :1], y, x[:, 1:]) if with_signal else (x, y)

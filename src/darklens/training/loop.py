@@ -94,21 +94,39 @@ def train_one_epoch(model: nn.Module, batches: Iterable, *, n_steps: int, optimi
                     loss_fn: Callable, subtract: float, device: torch.device, amp: str,
                     channels_last: bool, ema: EMA | None, grad_clip: float, desc: str,
                     show_progress: bool, step_hook: Callable[[int], None] | None = None,
-                    ) -> dict:
-    """Train over ``batches``; returns mean loss, images seen and seconds (device-synced)."""
+                    signal_weight: float = 0.0) -> dict:
+    """Train over ``batches``; returns mean loss, images seen and seconds (device-synced).
+
+    Batches of ``(x, y, chi2)`` for a :class:`~darklens.training.signal.SignalSupervised`
+    model add ``signal_weight`` times its map's loss; ``train_loss`` stays the classification
+    loss alone (comparable across runs), and ``signal_loss`` is returned beside it.
+    """
+    from darklens.training.signal import signal_loss
+
     model.train()
     total_loss = torch.zeros((), device=device, dtype=torch.float64)
+    total_signal = torch.zeros((), device=device, dtype=torch.float64)
     skipped = torch.zeros((), device=device, dtype=torch.int64)
     n_images = 0
+    with_signal = False
     start = time.perf_counter()
     bar = tqdm(total=n_steps, desc=desc, disable=not show_progress, leave=False)
-    for step, (x, y) in enumerate(batches):
+    for step, (x, y, *chi2) in enumerate(batches):
         x = model_layout(x - subtract, channels_last)
         with autocast(device, amp):
-            logits = model(x)
+            out = model(x)
+        logits, predicted_map = out if isinstance(out, tuple) else (out, None)
         loss = loss_fn(logits.float(), y)
+        objective = loss
+        if predicted_map is not None:
+            if not chi2:
+                raise ValueError("a model with a signal head needs (x, y, chi2) batches")
+            with_signal = True
+            map_loss = signal_loss(predicted_map, chi2[0])
+            objective = loss + signal_weight * map_loss
+            total_signal += torch.nan_to_num(map_loss.detach()) * y.shape[0]
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        objective.backward()
         # The norm doubles as a divergence check: a non-finite gradient would poison the
         # optimizer moments and every later step, so such a step is skipped (as AMP's scaler
         # does). The flag stays on the device: a fused optimizer skips the step itself, so the
@@ -132,8 +150,11 @@ def train_one_epoch(model: nn.Module, batches: Iterable, *, n_steps: int, optimi
     skipped = int(skipped.item())
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    return {"train_loss": mean_loss, "images": n_images, "skipped_steps": skipped,
-            "seconds": time.perf_counter() - start}
+    stats = {"train_loss": mean_loss, "images": n_images, "skipped_steps": skipped,
+             "seconds": time.perf_counter() - start}
+    if with_signal:
+        stats["signal_loss"] = float(total_signal.item()) / max(1, n_images)
+    return stats
 
 
 def make_optimizer(params, *, lr: float, weight_decay: float,
@@ -193,8 +214,12 @@ def recalibrate_bn(model: nn.Module, batches: Iterable, *, subtract: float, devi
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
+    """The classifier inside DDP, torch.compile and a training-only signal head."""
+    from darklens.training.signal import SignalSupervised
+
     model = getattr(model, "module", model)  # DDP
-    return getattr(model, "_orig_mod", model)  # torch.compile
+    model = getattr(model, "_orig_mod", model)  # torch.compile
+    return model.backbone if isinstance(model, SignalSupervised) else model
 
 
 @torch.no_grad()

@@ -1,0 +1,163 @@
+"""Signal supervision: the simulator's substructure map, its D4 pairing, the head, training."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from darklens.errors import DarklensError
+from darklens.models import create_model
+from darklens.sim import simulator as S
+from darklens.sim.presets import get_config
+from darklens.sim.rng import SPLITS
+from darklens.train import train
+from darklens.training import data as tdata
+from darklens.training.signal import SignalSupervised, signal_loss, signal_target
+
+ROOT = Path(__file__).resolve().parents[1]
+SIM = {"sim_set": "[image_size=32]", "sim_steps_per_epoch": "2", "sim_val_per_class": "4",
+       "bn_recalib_batches": "1", "ema_decay": "0.9"}
+RUN = dict(model="resnet_tiny", recipe="fast", seed=0, batch=12, device="cpu", lr=3e-3)
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("DARKLENS_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+def _snr_script():
+    spec = importlib.util.spec_from_file_location("substructure_snr",
+                                                  ROOT / "benchmarks" / "substructure_snr.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["substructure_snr"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_signal_map_is_the_ideal_observer_chi2_per_pixel():
+    """Channel 1 of render(with_signal=True) sums, per image, to the chi-square that
+    substructure_snr.py measures for the same drawn image; channel 0 is the usual image."""
+    config = get_config("model_a", {"image_size": "40"})
+    labels, indices = torch.tensor([0, 1, 1, 2, 2, 0]), torch.arange(6)
+    plain, _ = S.render(config, 7, SPLITS["test"], labels, indices, "cpu")
+    both, _ = S.render(config, 7, SPLITS["test"], labels, indices, "cpu", with_signal=True)
+    assert both.shape == (6, 2, 40, 40)
+    assert torch.equal(both[:, :1], plain)
+    chi2 = both[:, 1]
+    assert (chi2 >= 0).all() and (chi2[labels == 0] == 0).all()
+    snr = _snr_script()
+    for label in (1, 2):
+        rows = torch.nonzero(labels == label).flatten()
+        want = snr.substructure_chi2(config, label, 0, 7, SPLITS["test"], indices[rows])
+        got = chi2[rows].flatten(1).sum(1).double().numpy()
+        assert got == pytest.approx(want, rel=1e-5)
+        assert (got > 1).all()  # not vacuous: the substructure is there
+
+
+def test_signal_map_follows_its_image_through_d4():
+    """sim_batches(with_signal) flips and rotates each map with its own image."""
+    common = dict(batch_size=16, steps=1, seed=3, epoch=0, rank=0, device=torch.device("cpu"),
+                  overrides={"image_size": "24"}, with_signal=True)
+    x0, y0, m0 = next(tdata.sim_batches("model_a", augment="none", **common))
+    x1, y1, m1 = next(tdata.sim_batches("model_a", augment="d4", **common))
+    assert torch.equal(y0, y1) and m0.shape == x0.shape == (16, 1, 24, 24)
+
+    def d4(t):
+        views = [t, t.flip(-1), t.flip(-2), t.flip(-1).flip(-2)]
+        return views + [v.transpose(-1, -2) for v in views]
+
+    moved = 0
+    for i in range(16):
+        matches = [k for k, v in enumerate(d4(x0[i])) if torch.equal(v, x1[i])]
+        assert matches, "the augmented image is no D4 view of the plain one"
+        assert any(torch.equal(d4(m0[i])[k], m1[i]) for k in matches)
+        moved += matches[0] != 0 and y0[i] > 0
+    assert moved > 0  # some maps really were transformed
+
+
+def test_signal_target_sums_cells_and_the_head_keeps_the_logits():
+    chi2 = torch.rand(2, 1, 32, 32) * 5
+    target = signal_target(chi2, (4, 4))
+    assert target.shape == (2, 1, 4, 4)
+    assert torch.expm1(target).sum((1, 2, 3)) == pytest.approx(chi2.sum((1, 2, 3)), rel=1e-5)
+    torch.manual_seed(0)
+    backbone = create_model("resnet_tiny", in_chans=1, num_classes=3).eval()
+    wrapped = SignalSupervised(backbone, stage=2).eval()
+    x = torch.rand(2, 1, 32, 32)
+    logits, predicted = wrapped(x)
+    assert torch.equal(logits, backbone(x))  # the classifier is untouched
+    assert predicted.shape == (2, 1, 4, 4)  # stage 2: 1/8 of the side
+    loss = signal_loss(predicted, chi2)
+    loss.backward()
+    assert loss > 0 and wrapped.head.weight.grad.abs().sum() > 0
+
+
+def test_signal_supervision_refuses_what_it_cannot_do(tmp_path):
+    with pytest.raises(DarklensError, match="densenet_cbam_tiny has no timm feature stages"):
+        SignalSupervised(create_model("densenet_cbam_tiny"), model_name="densenet_cbam_tiny")
+    with pytest.raises(DarklensError, match="signal_stage=9: resnet_tiny has feature stages 0-4"):
+        SignalSupervised(create_model("resnet_tiny"), stage=9, model_name="resnet_tiny")
+    with pytest.raises(DarklensError, match="signal_weight=-1: expected a finite weight"):
+        train("sim:model_a", out=tmp_path / "neg", resume=False,
+              overrides={**SIM, "signal_weight": "-1"}, epochs=1, **RUN)
+    folder = tmp_path / "folder"
+    for split in ("train", "val"):
+        for c in ("no", "sphere", "vort"):
+            (folder / split / c).mkdir(parents=True)
+    with pytest.raises(DarklensError, match="signal supervision needs sim:PRESET"):
+        train(str(folder), out=tmp_path / "f", resume=False, overrides={"signal_weight": "1"},
+              epochs=1, **RUN)
+    assert not (tmp_path / "neg").exists() and not (tmp_path / "f").exists()
+
+
+def _rows(run: Path) -> list[dict]:
+    with (run / "metrics.csv").open() as f:
+        return list(csv.DictReader(f))
+
+
+def test_signal_run_trains_the_head_saves_the_model_alone_and_resumes_exactly(
+        tmp_path, monkeypatch):
+    """The head's loss is logged and changes the training; checkpoints hold the bare model
+    (loadable as it always was); a run stopped by its time limit and resumed (head and all)
+    ends where one uninterrupted run does."""
+    from safetensors.torch import load_file
+
+    import darklens.train as train_mod
+    from darklens.checkpoint import load_checkpoint
+
+    on = {**SIM, "signal_weight": "1"}
+    whole = train("sim:model_a", out=tmp_path / "whole", resume=False, overrides=on, epochs=3,
+                  **RUN)
+    plain = train("sim:model_a", out=tmp_path / "plain", resume=False, overrides=SIM,
+                  epochs=3, **RUN)
+    rows = _rows(whole)
+    assert all(float(r["train_signal_loss"]) > 0 for r in rows)
+    assert "train_signal_loss" not in _rows(plain)[0]
+    a, b = load_file(whole / "last.safetensors"), load_file(plain / "last.safetensors")
+    assert a.keys() == b.keys()  # no head in the checkpoint
+    assert any(not torch.equal(a[k], b[k]) for k in a)  # the head's loss changed the weights
+    model, _ = load_checkpoint(whole / "best")
+    assert model(torch.rand(1, 1, 32, 32)).shape == (1, 3)
+
+    class Clock:  # every epoch "takes" a minute
+        now = -60.0
+
+        def perf_counter(self):
+            Clock.now += 60.0
+            return Clock.now
+
+    monkeypatch.setattr(train_mod, "time", Clock())
+    cut = tmp_path / "cut"
+    train("sim:model_a", out=cut, resume=False, overrides={**on, "time_limit_min": "1.5"},
+          epochs=3, **RUN)
+    assert len(_rows(cut)) == 2
+    train("sim:model_a", out=cut, resume=True, overrides={"time_limit_min": "0"}, epochs=3,
+          **RUN)
+    c = load_file(cut / "last.safetensors")
+    assert all(torch.equal(a[k], c[k]) for k in a)
+    assert [r["train_signal_loss"] for r in _rows(cut)] == [r["train_signal_loss"] for r in rows]
