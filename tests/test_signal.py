@@ -40,22 +40,34 @@ def _snr_script():
 
 
 def test_signal_map_is_the_ideal_observer_chi2_per_pixel():
-    """Channel 1 of render(with_signal=True) sums, per image, to the chi-square that
-    substructure_snr.py measures for the same drawn image; channel 0 is the usual image."""
+    """Channel 1 of render(with_signal=True) is, pixel by pixel, the substructure's chi-square
+    written out here from the drawn parameters (masses zeroed by hand, Poisson + sky noise of
+    the smooth image); per image it sums to what substructure_snr.py reports; channel 0 is the
+    usual image."""
     config = get_config("model_a", {"image_size": "40"})
     labels, indices = torch.tensor([0, 1, 1, 2, 2, 0]), torch.arange(6)
     plain, _ = S.render(config, 7, SPLITS["test"], labels, indices, "cpu")
-    both, _ = S.render(config, 7, SPLITS["test"], labels, indices, "cpu", with_signal=True)
+    both, p = S.render(config, 7, SPLITS["test"], labels, indices, "cpu", with_signal=True)
     assert both.shape == (6, 2, 40, 40)
     assert torch.equal(both[:, :1], plain)
     chi2 = both[:, 1]
     assert (chi2 >= 0).all() and (chi2[labels == 0] == 0).all()
+    smooth_params = dict(p)
+    for key in [k for k in p if k.startswith("sub") and k.endswith("_theta_E")]:
+        smooth_params[key] = torch.zeros_like(p[key])
+    smooth_params["vort_theta_E"] = torch.zeros_like(p["vort_theta_E"])
+    lensed = S.render_noise_free(config, p, "cpu")
+    smooth = S.render_noise_free(config, smooth_params, "cpu")
+    variance = (smooth.clamp(min=0) + config.sky) / p["exposure"][:, None, None]
+    variance = variance + config.background_rms ** 2
+    want = (lensed - smooth) ** 2 / variance
+    assert torch.allclose(chi2, want, rtol=1e-4, atol=1e-6 * float(want.max()))
     snr = _snr_script()
     for label in (1, 2):
         rows = torch.nonzero(labels == label).flatten()
-        want = snr.substructure_chi2(config, label, 0, 7, SPLITS["test"], indices[rows])
+        total = snr.substructure_chi2(config, label, 0, 7, SPLITS["test"], indices[rows])
         got = chi2[rows].flatten(1).sum(1).double().numpy()
-        assert got == pytest.approx(want, rel=1e-5)
+        assert got == pytest.approx(total, rel=1e-5)
         assert (got > 1).all()  # not vacuous: the substructure is there
 
 
@@ -85,6 +97,11 @@ def test_signal_target_sums_cells_and_the_head_keeps_the_logits():
     target = signal_target(chi2, (4, 4))
     assert target.shape == (2, 1, 4, 4)
     assert torch.expm1(target).sum((1, 2, 3)) == pytest.approx(chi2.sum((1, 2, 3)), rel=1e-5)
+    # model_a's case: 150 pixels onto resnet layer2's 19 cells, overlapping bins
+    wide = torch.nn.functional.interpolate(torch.rand(2, 1, 10, 10) * 5, size=(150, 150),
+                                           mode="bilinear")
+    cells = torch.expm1(signal_target(wide, (19, 19))).sum((1, 2, 3))
+    assert cells == pytest.approx(wide.sum((1, 2, 3)), rel=0.1)
     torch.manual_seed(0)
     backbone = create_model("resnet_tiny", in_chans=1, num_classes=3).eval()
     wrapped = SignalSupervised(backbone, stage=2).eval()
@@ -105,6 +122,13 @@ def test_signal_supervision_refuses_what_it_cannot_do(tmp_path):
     with pytest.raises(DarklensError, match="signal_weight=-1: expected a finite weight"):
         train("sim:model_a", out=tmp_path / "neg", resume=False,
               overrides={**SIM, "signal_weight": "-1"}, epochs=1, **RUN)
+    with pytest.raises(DarklensError, match="signal_stage=3: has no effect without"):
+        train("sim:model_a", out=tmp_path / "neg", resume=False,
+              overrides={**SIM, "signal_stage": "3"}, epochs=1, **RUN)
+    with pytest.raises(DarklensError, match="densenet_cbam_tiny has no timm feature stages"):
+        train("sim:model_a", out=tmp_path / "neg", resume=False,
+              overrides={**SIM, "signal_weight": "1"}, epochs=1,
+              **{**RUN, "model": "densenet_cbam_tiny"})
     folder = tmp_path / "folder"
     for split in ("train", "val"):
         for c in ("no", "sphere", "vort"):
@@ -113,6 +137,35 @@ def test_signal_supervision_refuses_what_it_cannot_do(tmp_path):
         train(str(folder), out=tmp_path / "f", resume=False, overrides={"signal_weight": "1"},
               epochs=1, **RUN)
     assert not (tmp_path / "neg").exists() and not (tmp_path / "f").exists()
+
+
+def test_compile_trial_checks_both_outputs_of_a_signal_model(monkeypatch):
+    """_try_compile with a signal head: the trial step runs through the (logits, map) pair,
+    keeps a module whose two outputs match eager, and rejects one whose map alone differs."""
+    import darklens.train as train_mod
+    from darklens.training import distributed
+
+    torch.manual_seed(0)
+    wrapped = SignalSupervised(create_model("resnet_tiny"), stage=2)
+    config = train_mod.build_config(recipe="fast", model="resnet_tiny", epochs=1, batch=4,
+                                    lr=None, seed=0, overrides={"amp": "none"})
+    single = distributed.DistInfo()
+
+    class MapOff(torch.nn.Module):  # a "compiled" module whose map is wrong, logits right
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x):
+            logits, predicted = self.inner(x)
+            return logits, predicted + 10.0
+
+    args = (wrapped, torch.device("cpu"), config, 4, [32, 32], single)
+    monkeypatch.setattr(torch, "compile", lambda module: module)
+    assert train_mod._try_compile(*args) == (wrapped, True)
+    monkeypatch.setattr(torch, "compile", MapOff)
+    with pytest.warns(UserWarning, match="outputs differ from eager"):
+        assert train_mod._try_compile(*args) == (wrapped, False)
 
 
 def _rows(run: Path) -> list[dict]:

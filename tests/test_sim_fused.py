@@ -52,6 +52,7 @@ def test_fused_signal_map_matches_eager(measured):
     substructure chi-square map as the eager branch, zero for class "no" only."""
     assert measured["signal_image_unchanged"]
     assert measured["signal_fused_vs_eager"] < 1e-4
+    assert measured["signal_noisy_fused_vs_eager"] < 1e-4
     no, sphere, vort = measured["signal_per_class_sums"]
     assert no == 0.0 and sphere > 0 and vort > 0
 

@@ -115,7 +115,7 @@ TRAIN_SET_KEYS = """\
                 sim_mass_boost, sim_boost_fraction (a curriculum, heavier substructure
                 first; fast recipe on sim:model_a: 10, 0.5; sim_mass_boost=1: off),
                 signal_weight, signal_stage (a training-only head learns where the
-                substructure is; timm ResNets and EfficientNets; 0: off, the default)
+                substructure is; timm models such as ResNets; 0: off, the default)
   model:        model_kwargs (YAML mapping, e.g. "{seed_exact: true}")
   also:         recipe, model, seed (give them as --recipe, --model, --seed)
 """

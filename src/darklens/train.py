@@ -189,6 +189,9 @@ def _validate(c: TrainConfig) -> None:
     if not (math.isfinite(c.signal_weight) and c.signal_weight >= 0):
         raise DarklensError(f"signal_weight={c.signal_weight:g}: expected a finite weight >= 0 "
                             "(0: off)")
+    if c.signal_weight == 0 and c.signal_stage != TrainConfig.signal_stage:
+        raise DarklensError(f"signal_stage={c.signal_stage}: has no effect without "
+                            "signal_weight > 0")
     _model_kwargs(c)
     from darklens.models import check_model_name  # registry filled by the model modules
 
@@ -300,6 +303,7 @@ def _train(data: str, *, run: Path, dev: torch.device, dist_info: distributed.Di
            resume: bool, allow_pickle: bool, config_args: dict) -> Path:
     from darklens.checkpoint import save_checkpoint
     from darklens.models import create_model
+    from darklens.training.signal import SignalSupervised
 
     saved = None
     show = dist_info.is_main
@@ -346,6 +350,10 @@ def _train(data: str, *, run: Path, dev: torch.device, dist_info: distributed.Di
 
         warn_if_leaky(get_config(preset, sim_overrides))
         _check_boost(preset, sim_overrides, config)
+        if config.signal_weight > 0:  # before any simulating: a model without stages fails
+            SignalSupervised(create_model(config.model, in_chans=1, num_classes=len(CLASSES),
+                                          **_model_kwargs(config)),
+                             config.signal_stage, config.model)
         val = tdata.simulate_val(preset, config.sim_val_per_class, seed=config.seed + 10_000,
                                  device=dev, overrides=sim_overrides)
         train_split = None
@@ -378,8 +386,6 @@ def _train(data: str, *, run: Path, dev: torch.device, dist_info: distributed.Di
     # the network that trains: the model, or the model and a training-only signal head
     trained = net
     if config.signal_weight > 0:
-        from darklens.training.signal import SignalSupervised
-
         trained = SignalSupervised(net, config.signal_stage, config.model).to(dev)
     if config.channels_last:
         trained = trained.to(memory_format=torch.channels_last)
@@ -655,13 +661,13 @@ def _try_compile(train_net: torch.nn.Module, dev: torch.device, config: TrainCon
             p.grad = None
         with loop.autocast(dev, config.amp):
             out = module(x)
-        # (logits, signal map) with a signal head: compare and back-propagate through both
-        out = (torch.cat([o.float().flatten(1) for o in out], 1) if isinstance(out, tuple)
-               else out.float())
-        out.sum().backward()
+        # (logits, signal map) with a signal head: back-propagate through both, and compare
+        # each on its own scale (the map's values could hide a logit mismatch)
+        outs = [o.float() for o in (out if isinstance(out, tuple) else (out,))]
+        sum(o.sum() for o in outs).backward()
         grads = [p.grad.detach().clone() if p.grad is not None else None for p in params]
         train_net.load_state_dict(buffers)  # undo the BN statistics of this batch
-        return out.detach(), grads
+        return [o.detach() for o in outs], grads
 
     problem = None
     with _rank_local(train_net):
@@ -674,13 +680,16 @@ def _try_compile(train_net: torch.nn.Module, dev: torch.device, config: TrainCon
         if not distributed.any_rank(problem is not None, dist_info, dev):
             try:
                 want, _ = forward_backward(train_net)
-                if not torch.isfinite(got).all():
+                if not all(torch.isfinite(g).all() for g in got):
                     problem = "non-finite outputs"
                 elif any(g is not None and not torch.isfinite(g).all() for g in got_grads):
                     problem = "non-finite gradients"
-                elif not torch.allclose(got, want, rtol=0.1,
-                                        atol=0.1 * float(want.abs().max()) + 1e-3):
-                    problem = f"outputs differ from eager by {float((got - want).abs().max()):.3g}"
+                else:
+                    for g, w in zip(got, want, strict=True):
+                        if not torch.allclose(g, w, rtol=0.1,
+                                              atol=0.1 * float(w.abs().max()) + 1e-3):
+                            problem = (f"outputs differ from eager by "
+                                       f"{float((g - w).abs().max()):.3g}")
             except Exception as e:
                 problem = f"{type(e).__name__}: {e}"
         for p in params:

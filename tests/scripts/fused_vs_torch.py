@@ -81,6 +81,12 @@ result["signal_image_unchanged"] = bool(torch.equal(sig_got[:, :1], got))
 result["signal_fused_vs_eager"] = float((sig_got[:, 1] - sig_want[:, 1]).abs().max()
                                         / sig_want[:, 1].abs().max())
 result["signal_per_class_sums"] = [float(sig_got[labels == c, 1].sum()) for c in range(3)]
+# and with noise, as training uses it: the map must stay noise-free
+noisy = get_config("model_a", {"image_size": "40"})
+sig_noisy, _ = S.render(noisy, seed, split, labels, indices, "cpu", "fused", with_signal=True)
+sig_ref, _ = S.render(noisy, seed, split, labels, indices, "cpu", "eager", with_signal=True)
+result["signal_noisy_fused_vs_eager"] = float((sig_noisy[:, 1] - sig_ref[:, 1]).abs().max()
+                                              / sig_ref[:, 1].abs().max())
 result["render_seed_changes_images"] = float((other - got).abs().max())
 
 t = torch.linspace(-3.0, 3.0, 13)

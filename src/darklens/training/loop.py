@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from darklens import CLASSES
+from darklens.training.signal import SignalSupervised, signal_loss
 
 
 def cosine_with_warmup(warmup_steps: int, total_steps: int) -> Callable[[int], float]:
@@ -101,8 +102,6 @@ def train_one_epoch(model: nn.Module, batches: Iterable, *, n_steps: int, optimi
     model add ``signal_weight`` times its map's loss; ``train_loss`` stays the classification
     loss alone (comparable across runs), and ``signal_loss`` is returned beside it.
     """
-    from darklens.training.signal import signal_loss
-
     model.train()
     total_loss = torch.zeros((), device=device, dtype=torch.float64)
     total_signal = torch.zeros((), device=device, dtype=torch.float64)
@@ -215,8 +214,6 @@ def recalibrate_bn(model: nn.Module, batches: Iterable, *, subtract: float, devi
 
 def _unwrap(model: nn.Module) -> nn.Module:
     """The classifier inside DDP, torch.compile and a training-only signal head."""
-    from darklens.training.signal import SignalSupervised
-
     model = getattr(model, "module", model)  # DDP
     model = getattr(model, "_orig_mod", model)  # torch.compile
     return model.backbone if isinstance(model, SignalSupervised) else model

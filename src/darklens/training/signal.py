@@ -22,9 +22,10 @@ from darklens.errors import DarklensError
 class SignalSupervised(nn.Module):
     """``backbone`` plus a head on its feature stage ``stage``; returns (logits, signal map).
 
-    The backbone must be a timm model with ``forward_intermediates`` and ``feature_info``
-    (ResNets, EfficientNets). Stage 2 of a ResNet is ``layer2``: 1/8 of the input's side
-    (19x19 at 150x150), cells of ~8 pixels, about the size of a subhalo's imprint.
+    The backbone must be a timm model with feature stages (``forward_intermediates`` and
+    ``feature_info``: ResNets, EfficientNets and most others; measured with ResNets only).
+    Stage 2 of a ResNet is ``layer2``: 1/8 of the input's side (19x19 at 150x150), cells of
+    ~8 pixels, about the size of a subhalo's imprint.
     """
 
     def __init__(self, backbone: nn.Module, stage: int = 2, model_name: str = "this model"):
@@ -32,7 +33,7 @@ class SignalSupervised(nn.Module):
         info = getattr(backbone, "feature_info", None)
         if not hasattr(backbone, "forward_intermediates") or not isinstance(info, list):
             raise DarklensError(f"signal_weight: {model_name} has no timm feature stages; "
-                                "signal supervision needs a timm ResNet or EfficientNet")
+                                "signal supervision needs a timm model (a ResNet, say)")
         if not 0 <= stage < len(info):
             raise DarklensError(f"signal_stage={stage}: {model_name} has feature stages "
                                 f"0-{len(info) - 1}")
