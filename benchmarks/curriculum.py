@@ -8,6 +8,9 @@ preset's own masses, a seed neither run trained on). Prints a table and writes t
 
     python benchmarks/curriculum.py --seeds 0 1 --json benchmarks/results/curriculum_cpu.json
 
+``--variant KEY=VALUE ...`` asks another question the same way: both arms train with the
+curriculum, and the "variant" arm adds those ``--set`` items (e.g. ``signal_weight=0.1``).
+
 The defaults are a CPU-sized version of the question (resnet_tiny on 64x64 crops of model_a,
 40 epochs of 6,400 images); on a GPU pass e.g. ``--model resnet18 --image-size 150 --batch
 1024 --lr 2e-3 --steps 200 --device cuda --parallel 1``.
@@ -37,10 +40,12 @@ def run_arm(a: argparse.Namespace, seed: int, arm: str, test_data: Path) -> dict
     run = a.out / f"seed{seed}_{arm}"
     sets = [f"sim_set=[image_size={a.image_size}]", f"sim_steps_per_epoch={a.steps}",
             f"sim_val_per_class={a.val}"]
-    if arm == "curriculum":
+    if arm in ("curriculum", "variant") or a.variant:
         sets += [f"sim_mass_boost={a.boost}", f"sim_boost_fraction={a.fraction}"]
     else:  # the fast recipe trains sim:model_a with the curriculum unless told not to
         sets += ["sim_mass_boost=1"]
+    if arm == "variant":
+        sets += a.variant
     train = ["train", f"sim:{a.preset}", "--model", a.model, "--out", str(run), "--epochs",
              str(a.epochs), "--batch", str(a.batch), "--lr", str(a.lr), "--seed", str(seed),
              "--device", a.device, *[x for s in sets for x in ("--set", s)]]
@@ -79,6 +84,8 @@ def main(argv=None) -> None:
     ap.add_argument("--parallel", type=int, default=2, help="runs at once")
     ap.add_argument("--threads", type=int, default=1, help="CPU threads per run")
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--variant", nargs="+", default=[], metavar="KEY=VALUE",
+                    help="compare the curriculum run with and without these --set items")
     a = ap.parse_args(argv)
     a.out.mkdir(parents=True, exist_ok=True)
     test_data = a.out / "test"
@@ -94,7 +101,8 @@ def main(argv=None) -> None:
                  str(a.test), "--seed", str(a.test_seed), "--device", a.device,
                  threads=a.threads * a.parallel, log=a.out / "simulate.log")
         made.write_text(wanted)
-    jobs = [(seed, arm) for seed in a.seeds for arm in ("baseline", "curriculum")]
+    arms = ("baseline", "variant") if a.variant else ("baseline", "curriculum")
+    jobs = [(seed, arm) for seed in a.seeds for arm in arms]
     with ThreadPoolExecutor(a.parallel) as pool:
         rows = list(pool.map(lambda job: run_arm(a, *job, test_data), jobs))
     print(f"{'seed':>4s} {'arm':12s} {'test acc [95% CI]':26s} {'macro AUC [95% CI]':26s} train s")

@@ -172,3 +172,20 @@ def test_curriculum_benchmark_runs_both_arms_and_scores_them_on_one_test_set(tmp
     for r in rows:
         assert r["test_auc"]["macro"] == r["test_macro_auc"] and len(r["confusion_matrix"]) == 3
         assert sum(map(sum, r["confusion_matrix"])) == 9  # 3 test images per class
+
+
+def test_curriculum_benchmark_variant_arms_differ_only_by_the_variant(tmp_path):
+    """--variant: both arms keep the curriculum; the variant arm adds its --set items."""
+    spec = importlib.util.spec_from_file_location(
+        "curriculum", Path(__file__).resolve().parents[1] / "benchmarks" / "curriculum.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    out = tmp_path / "var"
+    script.main(["--out", str(out), "--epochs", "2", "--steps", "1", "--batch", "6", "--val", "2",
+                 "--test", "3", "--image-size", "32", "--json", str(tmp_path / "r.json"),
+                 "--variant", "signal_weight=0.1"])
+    rows = json.loads((tmp_path / "r.json").read_text())["rows"]
+    assert [r["arm"] for r in rows] == ["baseline", "variant"]
+    base, variant = (set(r["command"].split()) for r in rows)
+    assert variant - base == {str(out / "seed0_variant"), "signal_weight=0.1"}
+    assert {"sim_mass_boost=10.0", "sim_boost_fraction=0.5"} <= base
