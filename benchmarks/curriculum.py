@@ -8,8 +8,9 @@ preset's own masses, a seed neither run trained on). Prints a table and writes t
 
     python benchmarks/curriculum.py --seeds 0 1 --json benchmarks/results/curriculum_cpu.json
 
-``--variant KEY=VALUE ...`` asks another question the same way: both arms train with the
-curriculum, and the "variant" arm adds those ``--set`` items (e.g. ``signal_weight=0.1``).
+``--variant KEY=VALUE ...`` asks another question the same way: the arms are "curriculum" (the
+fast recipe as it is) and "variant", which adds those ``--set`` items (e.g.
+``signal_weight=0.1``).
 
 The defaults are a CPU-sized version of the question (resnet_tiny on 64x64 crops of model_a,
 40 epochs of 6,400 images); on a GPU pass e.g. ``--model resnet18 --image-size 150 --batch
@@ -101,7 +102,7 @@ def main(argv=None) -> None:
                  str(a.test), "--seed", str(a.test_seed), "--device", a.device,
                  threads=a.threads * a.parallel, log=a.out / "simulate.log")
         made.write_text(wanted)
-    arms = ("baseline", "variant") if a.variant else ("baseline", "curriculum")
+    arms = ("curriculum", "variant") if a.variant else ("baseline", "curriculum")
     jobs = [(seed, arm) for seed in a.seeds for arm in arms]
     with ThreadPoolExecutor(a.parallel) as pool:
         rows = list(pool.map(lambda job: run_arm(a, *job, test_data), jobs))

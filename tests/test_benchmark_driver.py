@@ -185,7 +185,8 @@ def test_curriculum_benchmark_variant_arms_differ_only_by_the_variant(tmp_path):
                  "--test", "3", "--image-size", "32", "--json", str(tmp_path / "r.json"),
                  "--variant", "signal_weight=0.1"])
     rows = json.loads((tmp_path / "r.json").read_text())["rows"]
-    assert [r["arm"] for r in rows] == ["baseline", "variant"]
+    assert [r["arm"] for r in rows] == ["curriculum", "variant"]
     base, variant = (set(r["command"].split()) for r in rows)
     assert variant - base == {str(out / "seed0_variant"), "signal_weight=0.1"}
+    assert base - variant == {str(out / "seed0_curriculum")}
     assert {"sim_mass_boost=10.0", "sim_boost_fraction=0.5"} <= base

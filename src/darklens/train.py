@@ -351,9 +351,12 @@ def _train(data: str, *, run: Path, dev: torch.device, dist_info: distributed.Di
         warn_if_leaky(get_config(preset, sim_overrides))
         _check_boost(preset, sim_overrides, config)
         if config.signal_weight > 0:  # before any simulating: a model without stages fails
-            SignalSupervised(create_model(config.model, in_chans=1, num_classes=len(CLASSES),
-                                          **_model_kwargs(config)),
-                             config.signal_stage, config.model)
+            # on a forked generator: the run's own model must start from the weights that a
+            # run without the head gets from the same seed
+            with torch.random.fork_rng(devices=[]):
+                SignalSupervised(create_model(config.model, in_chans=1,
+                                              num_classes=len(CLASSES), **_model_kwargs(config)),
+                                 config.signal_stage, config.model)
         val = tdata.simulate_val(preset, config.sim_val_per_class, seed=config.seed + 10_000,
                                  device=dev, overrides=sim_overrides)
         train_split = None
@@ -685,11 +688,13 @@ def _try_compile(train_net: torch.nn.Module, dev: torch.device, config: TrainCon
                 elif any(g is not None and not torch.isfinite(g).all() for g in got_grads):
                     problem = "non-finite gradients"
                 else:
-                    for g, w in zip(got, want, strict=True):
+                    names = ("outputs", "signal maps")  # logits; the signal head's map
+                    for name, g, w in zip(names, got, want):
                         if not torch.allclose(g, w, rtol=0.1,
                                               atol=0.1 * float(w.abs().max()) + 1e-3):
-                            problem = (f"outputs differ from eager by "
+                            problem = (f"{name} differ from eager by "
                                        f"{float((g - w).abs().max()):.3g}")
+                            break
             except Exception as e:
                 problem = f"{type(e).__name__}: {e}"
         for p in params:
