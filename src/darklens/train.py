@@ -689,7 +689,7 @@ def _try_compile(train_net: torch.nn.Module, dev: torch.device, config: TrainCon
                     problem = "non-finite gradients"
                 else:
                     names = ("outputs", "signal maps")  # logits; the signal head's map
-                    for name, g, w in zip(names, got, want):
+                    for name, g, w in zip(names[:len(got)], got, want, strict=True):
                         if not torch.allclose(g, w, rtol=0.1,
                                               atol=0.1 * float(w.abs().max()) + 1e-3):
                             problem = (f"{name} differ from eager by "
