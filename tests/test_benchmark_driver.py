@@ -148,15 +148,24 @@ def test_stage_probe_covers_the_whole_network():
     assert rows[-1]["out_shape"] == [3] and abs(sum(r["share"] for r in rows) - 1) < 1e-9
 
 
-def test_curriculum_benchmark_runs_both_arms_and_scores_them_on_one_test_set(tmp_path):
-    """benchmarks/curriculum.py end to end at toy size: the arms differ only by the boost."""
+def _curriculum_script():
     spec = importlib.util.spec_from_file_location(
         "curriculum", Path(__file__).resolve().parents[1] / "benchmarks" / "curriculum.py")
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
+    return script
+
+
+def _toy_args(out: Path, json_path: Path) -> list[str]:
+    return ["--out", str(out), "--epochs", "2", "--steps", "1", "--batch", "6", "--val", "2",
+            "--test", "3", "--image-size", "32", "--json", str(json_path)]
+
+
+def test_curriculum_benchmark_runs_both_arms_and_scores_them_on_one_test_set(tmp_path):
+    """benchmarks/curriculum.py end to end at toy size: the arms differ only by the boost."""
+    script = _curriculum_script()
     out = tmp_path / "cur"
-    script.main(["--out", str(out), "--epochs", "2", "--steps", "1", "--batch", "6", "--val", "2",
-                 "--test", "3", "--image-size", "32", "--json", str(tmp_path / "r.json")])
+    script.main(_toy_args(out, tmp_path / "r.json"))
     rows = json.loads((tmp_path / "r.json").read_text())["rows"]
     # epoch 1 of the curriculum arm trained on other (heavier) images than the baseline's
     import csv
@@ -176,14 +185,9 @@ def test_curriculum_benchmark_runs_both_arms_and_scores_them_on_one_test_set(tmp
 
 def test_curriculum_benchmark_variant_arms_differ_only_by_the_variant(tmp_path):
     """--variant: both arms keep the curriculum; the variant arm adds its --set items."""
-    spec = importlib.util.spec_from_file_location(
-        "curriculum", Path(__file__).resolve().parents[1] / "benchmarks" / "curriculum.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = _curriculum_script()
     out = tmp_path / "var"
-    script.main(["--out", str(out), "--epochs", "2", "--steps", "1", "--batch", "6", "--val", "2",
-                 "--test", "3", "--image-size", "32", "--json", str(tmp_path / "r.json"),
-                 "--variant", "signal_weight=0.1"])
+    script.main([*_toy_args(out, tmp_path / "r.json"), "--variant", "signal_weight=0.1"])
     rows = json.loads((tmp_path / "r.json").read_text())["rows"]
     assert [r["arm"] for r in rows] == ["curriculum", "variant"]
     base, variant = (set(r["command"].split()) for r in rows)
