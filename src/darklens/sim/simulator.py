@@ -356,13 +356,14 @@ def min_max(image: Tensor) -> Tensor:
 
 
 def _render_pixels(config: SimConfig, params: dict[str, Tensor], keys: tuple[Tensor, Tensor],
-                   tables: tuple[Tensor, Tensor] | None, device) -> Tensor:
+                   tables: tuple[Tensor, Tensor] | None, device,
+                   noise_free: Tensor | None = None) -> Tensor:
     """The per-pixel part of :func:`render` (what ``torch.compile`` fuses into a few kernels).
 
     Parameter draws stay outside: they are a few hundred ops on (B,) vectors, cheap eagerly but
-    slow to compile.
+    slow to compile. ``noise_free``: the image's ``render_noise_free``, when the caller has it.
     """
-    image = render_noise_free(config, params, device)
+    image = render_noise_free(config, params, device) if noise_free is None else noise_free
     image = add_noise(config, image, params["exposure"], keys, tables)
     return min_max(image)[:, None]
 
@@ -460,13 +461,16 @@ def render(config: SimConfig, seed: int, split_id: int | Tensor, labels: Tensor,
     if backend == "compile":
         fn = _COMPILED.setdefault("pixels", torch.compile(_render_pixels, dynamic=False))
     tables = _noise_tables(config, device) if backend == "compile" or device.type != "cpu" else None
-    images = fn(config, params, keys, tables, device)
-    if with_signal:
-        chi2 = substructure_chi2_map(
-            config, render_noise_free(config, params, device),
-            render_noise_free(config, without_substructure(params), device), params["exposure"])
-        images = torch.cat([images, chi2[:, None]], 1)
-    return images, params
+    if not with_signal:
+        return fn(config, params, keys, tables, device), params
+    clean = render_noise_free(config, params, device)
+    # eagerly the image is made from the same noise-free render (same bits, one render less);
+    # a compiled render keeps its own, so channel 0 stays the image it renders without a signal
+    images = fn(config, params, keys, tables, device, clean if backend == "eager" else None)
+    chi2 = substructure_chi2_map(config, clean,
+                                 render_noise_free(config, without_substructure(params), device),
+                                 params["exposure"])
+    return torch.cat([images, chi2[:, None]], 1), params
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
