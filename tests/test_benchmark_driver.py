@@ -2,21 +2,16 @@
 simulator overrides that make ``sim:`` training draw from the scored dataset's population."""
 
 import argparse
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
+from bench_scripts import load_benchmark
 
 from darklens.config import parse_set_args, to_dict
 from darklens.sim.presets import get_config
 
-_SPEC = importlib.util.spec_from_file_location(
-    "bench_train", Path(__file__).resolve().parents[1] / "benchmarks" / "train.py")
-bench = importlib.util.module_from_spec(_SPEC)
-sys.modules[_SPEC.name] = bench  # its dataclasses look their module up while being defined
-_SPEC.loader.exec_module(bench)
+bench = load_benchmark("train", "bench_train")  # "train" is too generic a name for sys.modules
 
 
 def test_model_specs_take_an_optional_training_source():
@@ -133,10 +128,7 @@ def test_stage_probe_covers_the_whole_network():
 
     from darklens.models import create_model
 
-    spec = importlib.util.spec_from_file_location(
-        "stage_probe", Path(__file__).resolve().parents[1] / "benchmarks" / "stage_probe.py")
-    probe = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(probe)
+    probe = load_benchmark("stage_probe")
     rows = probe.probe("densenet_cbam_tiny", batch=2, size=40, device="cpu",
                        compile_stages=False, amp=False, iters=1, warmup=0)
     assert [r["stage"] for r in rows] == list(probe.STAGES)
@@ -148,14 +140,6 @@ def test_stage_probe_covers_the_whole_network():
     assert rows[-1]["out_shape"] == [3] and abs(sum(r["share"] for r in rows) - 1) < 1e-9
 
 
-def _curriculum_script():
-    spec = importlib.util.spec_from_file_location(
-        "curriculum", Path(__file__).resolve().parents[1] / "benchmarks" / "curriculum.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
-    return script
-
-
 def _toy_args(out: Path, json_path: Path) -> list[str]:
     return ["--out", str(out), "--epochs", "2", "--steps", "1", "--batch", "6", "--val", "2",
             "--test", "3", "--image-size", "32", "--json", str(json_path)]
@@ -163,7 +147,7 @@ def _toy_args(out: Path, json_path: Path) -> list[str]:
 
 def test_curriculum_benchmark_runs_both_arms_and_scores_them_on_one_test_set(tmp_path):
     """benchmarks/curriculum.py end to end at toy size: the arms differ only by the boost."""
-    script = _curriculum_script()
+    script = load_benchmark("curriculum")
     out = tmp_path / "cur"
     script.main(_toy_args(out, tmp_path / "r.json"))
     rows = json.loads((tmp_path / "r.json").read_text())["rows"]
@@ -185,7 +169,7 @@ def test_curriculum_benchmark_runs_both_arms_and_scores_them_on_one_test_set(tmp
 
 def test_curriculum_benchmark_variant_arms_differ_only_by_the_variant(tmp_path):
     """--variant: both arms keep the curriculum; the variant arm adds its --set items."""
-    script = _curriculum_script()
+    script = load_benchmark("curriculum")
     out = tmp_path / "var"
     script.main([*_toy_args(out, tmp_path / "r.json"), "--variant", "signal_weight=0.1"])
     rows = json.loads((tmp_path / "r.json").read_text())["rows"]

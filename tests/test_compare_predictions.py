@@ -1,21 +1,18 @@
 """benchmarks/compare_predictions.py: a paired comparison of two models on the same images."""
 
-import importlib.util
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
+from bench_scripts import load_benchmark
 from sklearn.metrics import roc_auc_score
 
 from darklens import CLASSES
 from darklens.errors import DarklensError
 from darklens.evaluation.report import predictions_csv, read_predictions_csv
 
-_PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "compare_predictions.py"
-_SPEC = importlib.util.spec_from_file_location("compare_predictions", _PATH)
-cmp = importlib.util.module_from_spec(_SPEC)
-_SPEC.loader.exec_module(cmp)
+cmp = load_benchmark("compare_predictions")
 
 
 def _write(folder: Path, labels: np.ndarray, probs: np.ndarray, names=None, data="/d") -> Path:

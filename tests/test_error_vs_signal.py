@@ -1,21 +1,16 @@
 """benchmarks/error_vs_signal.py: it measures the very images a classifier was scored on."""
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from bench_scripts import load_benchmark
 
 from darklens import CLASSES
 from darklens.evaluation.report import predictions_csv
 from darklens.sim import simulate_dataset
 
-_BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
-sys.path.insert(0, str(_BENCH))
-_SPEC = importlib.util.spec_from_file_location("error_vs_signal", _BENCH / "error_vs_signal.py")
-evs = importlib.util.module_from_spec(_SPEC)
-_SPEC.loader.exec_module(evs)
+evs = load_benchmark("error_vs_signal")  # it puts benchmarks/ on sys.path for its sibling
 
 
 @pytest.fixture(scope="module")

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from bench_scripts import load_benchmark
 from scipy.stats import binomtest
 from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
 
@@ -25,19 +26,10 @@ from darklens.cli import main
 from darklens.errors import DarklensError
 from darklens.evaluation import compute_metrics, predict_proba
 
-REPO = Path(__file__).resolve().parents[1]
 MAX_SHIPPED_BYTES = 20_000_000  # issue #5: weights <= 20 MB each (decimal, the strict reading)
 FRESH_SEED = 424_242  # never a training seed: checked against each model's record below
 FRESH_PER_CLASS = 40  # 120 images: ~30 s of densenet_cbam at 150x150 on 2 busy CPU cores
 SHIPPED = list_pretrained()
-
-
-def _load_script(name: str = "package_pretrained"):
-    path = REPO / "benchmarks" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _sha256(data: bytes) -> str:
@@ -135,7 +127,7 @@ def _package(script, tiny_run, out, **kw):
 
 def test_package_writes_loadable_weights_and_the_recorded_numbers(tiny_run, tmp_path,
                                                                   monkeypatch, capsys):
-    script = _load_script()
+    script = load_benchmark("package_pretrained")
     weights_path, meta_path = _package(script, tiny_run, tmp_path / "pretrained")
     weights = weights_path.read_bytes()
     assert weights == (tiny_run["run"] / "best.safetensors").read_bytes()
@@ -193,7 +185,7 @@ def test_a_float16_copy_is_half_the_bytes_predicts_as_the_original_and_packages(
                                                                                tmp_path):
     from darklens.evaluation import evaluate
 
-    half = _load_script("half_checkpoint")
+    half = load_benchmark("half_checkpoint")
     out = half.half_copy(tiny_run["run"], tmp_path / "run_fp16")
     original = (tiny_run["run"] / "best.safetensors").stat().st_size
     assert (out / "best.safetensors").stat().st_size < 0.6 * original
@@ -220,7 +212,7 @@ def test_a_float16_copy_is_half_the_bytes_predicts_as_the_original_and_packages(
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no leftovers
     # the copy is scored again, then packaged like any run
     evaluate(out, tiny_run["data"], split="test", out=tmp_path / "eval16", device="cpu")
-    script = _load_script()
+    script = load_benchmark("package_pretrained")
     weights, _ = _package(script, {**tiny_run, "run": out,
                                    "report": tmp_path / "eval16" / "report.json"},
                           tmp_path / "pretrained")
@@ -238,7 +230,7 @@ def test_package_of_a_sim_run_records_no_training_dataset_seed(tiny_run, tmp_pat
                 overrides={"sim_set": "[image_size=32]", "sim_steps_per_epoch": "1",
                            "sim_val_per_class": "2", "bn_recalib_batches": "0"})
     evaluate(run, tiny_run["data"], split="test", out=tmp_path / "eval", device="cpu")
-    script = _load_script()
+    script = load_benchmark("package_pretrained")
     _, meta_path = script.package(run, report=tmp_path / "eval" / "report.json", name="sim_a",
                                   command="darklens train sim:model_a ...", card="CPU (test)",
                                   dataset_seed=DATA_SEED + 1, out=tmp_path / "pretrained",
@@ -249,7 +241,7 @@ def test_package_of_a_sim_run_records_no_training_dataset_seed(tiny_run, tmp_pat
 
 
 def test_package_refuses_large_weights_and_foreign_reports(tiny_run, tmp_path, monkeypatch):
-    script = _load_script()
+    script = load_benchmark("package_pretrained")
     out = tmp_path / "pretrained"
     size = (tiny_run["run"] / "best.safetensors").stat().st_size
     monkeypatch.setattr(script, "MAX_WEIGHTS_BYTES", size - 1)
@@ -279,7 +271,7 @@ def test_package_refuses_large_weights_and_foreign_reports(tiny_run, tmp_path, m
 
 
 def test_package_script_command_line(tiny_run, tmp_path, capsys):
-    script = _load_script()
+    script = load_benchmark("package_pretrained")
     out = tmp_path / "pretrained"
     argv = [str(tiny_run["run"]), "--report", str(tiny_run["report"]), "--name", "cli_a",
             "--command", "darklens train ...", "--card", "CPU", "--dataset-seed", "3",

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from bench_scripts import load_benchmark
 
 from darklens.errors import DarklensError
 from darklens.models import create_model
@@ -19,7 +18,6 @@ from darklens.train import train
 from darklens.training import data as tdata
 from darklens.training.signal import SignalSupervised, signal_loss, signal_target
 
-ROOT = Path(__file__).resolve().parents[1]
 SIM = {"sim_set": "[image_size=32]", "sim_steps_per_epoch": "2", "sim_val_per_class": "4",
        "bn_recalib_batches": "1", "ema_decay": "0.9"}
 RUN = dict(model="resnet_tiny", recipe="fast", seed=0, batch=12, device="cpu", lr=3e-3)
@@ -28,15 +26,6 @@ RUN = dict(model="resnet_tiny", recipe="fast", seed=0, batch=12, device="cpu", l
 @pytest.fixture(autouse=True)
 def _cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("DARKLENS_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
-
-
-def _snr_script():
-    spec = importlib.util.spec_from_file_location("substructure_snr",
-                                                  ROOT / "benchmarks" / "substructure_snr.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["substructure_snr"] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_signal_map_is_the_ideal_observer_chi2_per_pixel():
@@ -62,7 +51,7 @@ def test_signal_map_is_the_ideal_observer_chi2_per_pixel():
     variance = variance + config.background_rms ** 2
     want = (lensed - smooth) ** 2 / variance
     assert torch.allclose(chi2, want, rtol=1e-4, atol=1e-6 * float(want.max()))
-    snr = _snr_script()
+    snr = load_benchmark("substructure_snr")
     for label in (1, 2):
         rows = torch.nonzero(labels == label).flatten()
         total = snr.substructure_chi2(config, label, 0, 7, SPLITS["test"], indices[rows])

@@ -1,18 +1,12 @@
 """The physics bound's model fit (benchmarks/substructure_snr.py --refit), on small images."""
 
-import importlib.util
-import sys
-from pathlib import Path
 
 import numpy as np
+from bench_scripts import load_benchmark
 
 from darklens.sim.presets import get_config
 
-_SPEC = importlib.util.spec_from_file_location(
-    "substructure_snr", Path(__file__).resolve().parents[1] / "benchmarks" / "substructure_snr.py")
-snr = importlib.util.module_from_spec(_SPEC)
-sys.modules[_SPEC.name] = snr
-_SPEC.loader.exec_module(snr)
+snr = load_benchmark("substructure_snr")
 
 SMALL = get_config("model_a", {"image_size": "48", "pixel_scale": "0.1"})
 
