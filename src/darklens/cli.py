@@ -116,7 +116,9 @@ TRAIN_SET_KEYS = """\
                 first; fast recipe on sim:model_a: 10, 0.5; sim_mass_boost=1: off),
                 signal_weight, signal_stage (a training-only head learns where the
                 substructure is; timm models such as ResNets; 0: off, the default)
-  model:        model_kwargs (YAML mapping, e.g. "{seed_exact: true}")
+  model:        model_kwargs (YAML mapping, e.g. "{seed_exact: true}"),
+                init_from (fine-tune: start from a run folder, checkpoint or
+                pretrained:NAME of the same model)
   also:         recipe, model, seed (give them as --recipe, --model, --seed)
 """
 

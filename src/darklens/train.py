@@ -90,6 +90,10 @@ class TrainConfig:
     # model alone.
     signal_weight: float = 0.0
     signal_stage: int = 2
+    # fine-tuning: start from these weights instead of a random init. Any model spec that
+    # evaluate takes (run folder, .safetensors/.json, pretrained:NAME); its model, model_kwargs
+    # and subtract must match this run's. Optimizer, schedule and EMA start afresh.
+    init_from: str = ""
     seed: int = 0
 
 
@@ -255,6 +259,29 @@ def _model_kwargs(c: TrainConfig) -> dict:
     return kwargs
 
 
+def _init_weights(c: TrainConfig) -> tuple[dict, dict]:
+    """The weights ``init_from`` names, checked against the run: the same model, model kwargs
+    and preprocessing, since weights fitted to other inputs would start from a wrong place
+    silently. Returns the state_dict and what config.yaml records about its source."""
+    from darklens.checkpoint import clean_state_dict, load_checkpoint
+
+    source, meta = load_checkpoint(c.init_from)
+    spec = f"init_from={c.init_from}"
+    if meta["model"] != c.model:
+        raise DarklensError(f"{spec}: holds model {meta['model']!r}, this run trains "
+                            f"{c.model!r}; pass --model {meta['model']}")
+    if dict(meta.get("model_kwargs", {})) != _model_kwargs(c):
+        raise DarklensError(f"{spec}: its model_kwargs {meta.get('model_kwargs', {})} differ "
+                            f"from this run's {_model_kwargs(c)}")
+    subtract = (meta.get("preprocessing") or {}).get("subtract")
+    if subtract != c.subtract:
+        raise DarklensError(f"{spec}: its inputs were pixel - {subtract}, this run's are pixel "
+                            f"- {c.subtract:g}; pass --set subtract={subtract}")
+    info = {"from": c.init_from, "weights_sha256": meta.get("weights_sha256"),
+            "source": meta.get("source")}
+    return clean_state_dict(source), info
+
+
 def resolve_device(device: str, local_rank: int = 0) -> torch.device:
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -342,6 +369,10 @@ def _train(data: str, *, run: Path, dev: torch.device, dist_info: distributed.Di
     torch.manual_seed(config.seed)
     np.random.seed(config.seed)
 
+    # before any data is read: a bad checkpoint must fail in a second, not after simulating
+    init_state, init_info = (_init_weights(config) if config.init_from and saved is None
+                             else (None, None))
+
     # --- data -------------------------------------------------------------------------------
     preset = tdata.sim_preset(str(data))
     sim_overrides = parse_set_args([str(s) for s in config.sim_set])
@@ -385,6 +416,9 @@ def _train(data: str, *, run: Path, dev: torch.device, dist_info: distributed.Di
     # --- model, optimizer, schedule ---------------------------------------------------------
     model_kwargs = _model_kwargs(config)
     net = create_model(config.model, in_chans=1, num_classes=len(CLASSES), **model_kwargs)
+    if init_state is not None:  # before the EMA copies the model: it starts from these too
+        net.load_state_dict(init_state)
+        data_info["init"] = init_info
     net = net.to(dev)
     # the network that trains: the model, or the model and a training-only signal head
     trained = net
