@@ -9,10 +9,10 @@ import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
+from train_fixtures import write_dataset
 
 from darklens.errors import DarklensError
 from darklens.train import train
-from train_fixtures import write_dataset
 
 TINY = {"model": "densenet_cbam_tiny", "batch": 32, "device": "cpu", "allow_pickle": False}
 

@@ -117,8 +117,8 @@ TRAIN_SET_KEYS = """\
                 signal_weight, signal_stage (a training-only head learns where the
                 substructure is; timm models such as ResNets; 0: off, the default)
   model:        model_kwargs (YAML mapping, e.g. "{seed_exact: true}"),
-                init_from (fine-tune: start from a run folder, checkpoint or
-                pretrained:NAME of the same model)
+                init_from (fine-tuning, start from the weights of a run folder,
+                checkpoint or shipped pretrained model of the same model)
   also:         recipe, model, seed (give them as --recipe, --model, --seed)
 """
 
