@@ -66,9 +66,12 @@ def test_fine_tuning_a_shipped_float16_model(tiny_data, tmp_path):
     run = train(str(tiny_data), out=tmp_path / "ft", recipe="fast", epochs=1, lr=1e-3,
                 resume=False, seed=0, model="resnet18_slim", batch=32, device="cpu",
                 allow_pickle=False, overrides={"init_from": "pretrained:resnet18_slim_model_a"})
+    from darklens.checkpoint import load_checkpoint
+
     config = yaml.safe_load((run / "config.yaml").read_text())
     assert config["init_from"] == "pretrained:resnet18_slim_model_a"
-    assert config["data_info"]["init"]["weights_sha256"].startswith("e6bc4a7f")
+    _, shipped = load_checkpoint("pretrained:resnet18_slim_model_a")
+    assert config["data_info"]["init"]["weights_sha256"] == shipped["weights_sha256"]
     assert json.loads((run / "last.json").read_text())["model"] == "resnet18_slim"
 
 
