@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from darklens.checkpoint import META_SUFFIX, WEIGHTS_SUFFIX, _sha256, load_checkpoint
+from darklens.checkpoint import META_SUFFIX, WEIGHTS_SUFFIX, file_sha256, load_checkpoint
 from darklens.errors import DarklensError
 
 
@@ -45,7 +45,7 @@ def half_copy(run: str | Path, out: str | Path) -> Path:
     # load_checkpoint reads the pair, checks the sha256 and that the weights fit the model
     model, meta = load_checkpoint(weights)
     meta.pop("source")
-    source_sha = _sha256(weights)
+    source_sha = file_sha256(weights)
     half = {}
     for key, value in model.state_dict().items():
         if value.is_floating_point():
@@ -64,7 +64,7 @@ def half_copy(run: str | Path, out: str | Path) -> Path:
         os.chmod(tmp / ("best" + WEIGHTS_SUFFIX), 0o644)
         if (run / "config.yaml").is_file():
             shutil.copyfile(run / "config.yaml", tmp / "config.yaml")
-        meta["weights_sha256"] = _sha256(tmp / ("best" + WEIGHTS_SUFFIX))
+        meta["weights_sha256"] = file_sha256(tmp / ("best" + WEIGHTS_SUFFIX))
         meta["weights_dtype"] = "float16"
         meta["converted_from"] = {"run": str(run), "weights_sha256": source_sha}
         (tmp / ("best" + META_SUFFIX)).write_text(json.dumps(meta, indent=2) + "\n")

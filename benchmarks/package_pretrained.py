@@ -36,7 +36,7 @@ from pathlib import Path
 import yaml
 
 from darklens import CLASSES, __version__
-from darklens.checkpoint import META_SUFFIX, WEIGHTS_SUFFIX, _sha256, read_meta
+from darklens.checkpoint import META_SUFFIX, WEIGHTS_SUFFIX, file_sha256, read_meta
 from darklens.config import atomic_write_text
 from darklens.errors import DarklensError
 
@@ -207,7 +207,7 @@ def package(run: str | Path, *, report: str | Path, name: str, command: str, car
                             f"{MAX_WEIGHTS_BYTES / 1e6:.0f} MB limit for shipped models (store "
                             "them as float16: benchmarks/half_checkpoint.py)")
     meta = read_meta(meta_src)
-    sha = _sha256(weights_src)
+    sha = file_sha256(weights_src)
     if meta.get("weights_sha256") not in (None, sha):
         raise DarklensError(f"{weights_src}: does not match the sha256 in {meta_src.name}")
     report_data = _read_json(report_path, "evaluate report")
@@ -244,7 +244,7 @@ def package(run: str | Path, *, report: str | Path, name: str, command: str, car
     weights_dest, meta_dest = out / (name + WEIGHTS_SUFFIX), out / (name + META_SUFFIX)
     text = json.dumps(meta, indent=2, allow_nan=False) + "\n"  # fail before touching the disk
     _copy_weights(weights_src, weights_dest)
-    if _sha256(weights_dest) != sha:
+    if file_sha256(weights_dest) != sha:
         raise DarklensError(f"{weights_dest}: copy does not match {weights_src} (disk problem?)")
     atomic_write_text(meta_dest, text)
     return weights_dest, meta_dest

@@ -63,16 +63,80 @@ def test_fine_tuning_starts_model_and_ema_from_the_checkpoint(source_run, tiny_d
 
 
 def test_fine_tuning_a_shipped_float16_model(tiny_data, tmp_path):
-    run = train(str(tiny_data), out=tmp_path / "ft", recipe="fast", epochs=1, lr=1e-3,
-                resume=False, seed=0, model="resnet18_slim", batch=32, device="cpu",
-                allow_pickle=False, overrides={"init_from": "pretrained:resnet18_slim_model_a"})
+    """The shipped float16 weights load as float32 and are where the run starts."""
     from darklens.checkpoint import load_checkpoint
+
+    run = train(str(tiny_data), out=tmp_path / "ft", recipe="fast", epochs=1, lr=1e-12,
+                resume=False, seed=0, model="resnet18_slim", batch=32, device="cpu",
+                allow_pickle=False,
+                overrides={"init_from": "pretrained:resnet18_slim_model_a", "ema_decay": "0"})
+    shipped_model, shipped = load_checkpoint("pretrained:resnet18_slim_model_a")
+    end = load_file(str(run / "last.safetensors"))
+    params = dict(shipped_model.named_parameters())
+    assert len(params) > 20
+    for key, value in params.items():
+        assert end[key].dtype == torch.float32, key
+        torch.testing.assert_close(end[key], value.detach(), rtol=0, atol=1e-6, msg=key)
 
     config = yaml.safe_load((run / "config.yaml").read_text())
     assert config["init_from"] == "pretrained:resnet18_slim_model_a"
-    _, shipped = load_checkpoint("pretrained:resnet18_slim_model_a")
     assert config["data_info"]["init"]["weights_sha256"] == shipped["weights_sha256"]
     assert json.loads((run / "last.json").read_text())["model"] == "resnet18_slim"
+
+
+class _Clock:
+    """``time`` for darklens.train whose every reading is a minute after the last."""
+
+    def __init__(self):
+        self.now = -60.0
+
+    def perf_counter(self):
+        self.now += 60.0
+        return self.now
+
+
+def test_a_resumed_fine_tune_keeps_its_source_and_never_reloads_it(
+        source_run, tiny_data, tmp_path, monkeypatch):
+    import darklens.train as train_mod
+
+    monkeypatch.setattr(train_mod, "time", _Clock())  # every epoch "takes" a minute
+    args = dict(recipe="fast", epochs=3, seed=1, **TINY)
+    fixed = {"init_from": str(source_run), "ema_decay": "0", "bn_recalib_batches": "1"}
+    run = tmp_path / "ft"
+    train(str(tiny_data), out=run, resume=False,
+          overrides={**fixed, "time_limit_min": "1.5"}, **args)
+    first = yaml.safe_load((run / "config.yaml").read_text())["data_info"]["init"]
+    assert first["from"] == str(source_run)
+
+    # the resumed piece continues from the run's own state: the source is not read again
+    monkeypatch.setattr(train_mod, "_init_weights", lambda c: pytest.fail("source reloaded"))
+    train(str(tiny_data), out=run, resume=True, overrides={"time_limit_min": "0"}, **args)
+    assert yaml.safe_load((run / "config.yaml").read_text())["data_info"]["init"] == first
+    assert json.loads((run / "last.json").read_text())["config"]["data_info"]["init"] == first
+    assert json.loads((run / "last.json").read_text())["metrics"]["epoch"] == 3
+
+
+def test_the_source_is_checked_before_any_data_is_read(source_run, tiny_data, tmp_path,
+                                                       monkeypatch):
+    from darklens.training import data as tdata
+
+    def no_data(*args, **kwargs):
+        pytest.fail("data read before init_from was checked")
+
+    monkeypatch.setattr(tdata, "load_array_splits", no_data)
+    monkeypatch.setattr(tdata, "simulate_val", no_data)
+    for data in (str(tiny_data), "sim:model_a"):
+        with pytest.raises(DarklensError, match="init_from=.*holds model 'densenet_cbam_tiny'"):
+            train(data, out=tmp_path / "ft", recipe="fast", epochs=1, resume=False, seed=0,
+                  overrides={"init_from": str(source_run)},
+                  **{**TINY, "model": "resnet_tiny"})
+
+
+def test_a_source_of_another_image_size_warns(source_run, tmp_path):
+    other = write_dataset(tmp_path / "ds48", n_train=12, n_val=4, size=48)
+    with pytest.warns(UserWarning, match="its images were 32x32, this run's are 48x48"):
+        train(str(other), out=tmp_path / "ft", recipe="fast", epochs=1, resume=False, seed=0,
+              overrides={"init_from": str(source_run), "bn_recalib_batches": "1"}, **TINY)
 
 
 @pytest.mark.parametrize("change, message", [
@@ -92,7 +156,7 @@ def test_a_checkpoint_of_another_model_or_input_is_refused_before_anything_is_wr
 
 
 def test_a_missing_checkpoint_is_a_one_line_error(tiny_data, tmp_path):
-    with pytest.raises(DarklensError, match="no_such_run"):
+    with pytest.raises(DarklensError, match="^init_from=.*no_such_run"):
         train(str(tiny_data), out=tmp_path / "ft", recipe="fast", epochs=1, resume=False,
               seed=0, overrides={"init_from": str(tmp_path / "no_such_run")}, **TINY)
     assert not (tmp_path / "ft").exists()

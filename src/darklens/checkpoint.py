@@ -95,7 +95,7 @@ def _atomic_replace(path: Path, write) -> None:
         raise
 
 
-def _sha256(path: Path | str) -> str:
+def file_sha256(path: Path | str) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -162,7 +162,7 @@ def save_checkpoint(
     meta["weights_file"] = weights_path.name
 
     _atomic_replace(weights_path, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
-    meta["weights_sha256"] = _sha256(weights_path)
+    meta["weights_sha256"] = file_sha256(weights_path)
     text = json.dumps(meta, indent=2, default=_json_default, allow_nan=True) + "\n"
     _atomic_replace(meta_path, lambda tmp: Path(tmp).write_text(text))
     return weights_path, meta_path
@@ -283,7 +283,7 @@ def load_checkpoint(spec: str | Path, device: str | torch.device = "cpu") -> tup
         if not weights_path.is_file():
             raise DarklensError(f"{weights_path}: checkpoint weights not found")
         expected = meta.get("weights_sha256")
-        if expected and _sha256(weights_path) != expected:
+        if expected and file_sha256(weights_path) != expected:
             raise DarklensError(
                 f"{weights_path}: weights do not match the sha256 in {meta_path.name} "
                 "(corrupt, or from another run)"

@@ -263,10 +263,13 @@ def _init_weights(c: TrainConfig) -> tuple[dict, dict]:
     """The weights ``init_from`` names, checked against the run: the same model, model kwargs
     and preprocessing, since weights fitted to other inputs would start from a wrong place
     silently. Returns the state_dict and what config.yaml records about its source."""
-    from darklens.checkpoint import clean_state_dict, load_checkpoint
+    from darklens.checkpoint import clean_state_dict, file_sha256, load_checkpoint
 
-    source, meta = load_checkpoint(c.init_from)
     spec = f"init_from={c.init_from}"
+    try:
+        source, meta = load_checkpoint(c.init_from)
+    except DarklensError as e:  # say which setting named the file
+        raise DarklensError(f"{spec}: {e}") from None
     if meta["model"] != c.model:
         raise DarklensError(f"{spec}: holds model {meta['model']!r}, this run trains "
                             f"{c.model!r}; pass --model {meta['model']}")
@@ -274,11 +277,17 @@ def _init_weights(c: TrainConfig) -> tuple[dict, dict]:
         raise DarklensError(f"{spec}: its model_kwargs {meta.get('model_kwargs', {})} differ "
                             f"from this run's {_model_kwargs(c)}")
     subtract = (meta.get("preprocessing") or {}).get("subtract")
-    if subtract != c.subtract:
-        raise DarklensError(f"{spec}: its inputs were pixel - {subtract}, this run's are pixel "
-                            f"- {c.subtract:g}; pass --set subtract={subtract}")
-    info = {"from": c.init_from, "weights_sha256": meta.get("weights_sha256"),
-            "source": meta.get("source")}
+    if not isinstance(subtract, (int, float)):
+        raise DarklensError(f"{spec}: its JSON records no preprocessing.subtract, so its "
+                            "inputs cannot be matched to this run's")
+    if float(subtract) != c.subtract:
+        raise DarklensError(f"{spec}: its inputs were pixel - {subtract:g}, this run's are "
+                            f"pixel - {c.subtract:g}; pass --set subtract={subtract:g}")
+    # the JSON's hash when it has one (load_checkpoint has checked it), else the file's own
+    sha = meta.get("weights_sha256") or (
+        None if str(meta["source"]).startswith("pretrained:") else file_sha256(meta["source"]))
+    info = {"from": c.init_from, "weights_sha256": sha, "source": meta.get("source"),
+            "input_size": (meta.get("preprocessing") or {}).get("input_size")}
     return clean_state_dict(source), info
 
 
@@ -370,8 +379,9 @@ def _train(data: str, *, run: Path, dev: torch.device, dist_info: distributed.Di
     np.random.seed(config.seed)
 
     # before any data is read: a bad checkpoint must fail in a second, not after simulating
+    # (a resumed run keeps what its first piece recorded: its weights replace these anyway)
     init_state, init_info = (_init_weights(config) if config.init_from and saved is None
-                             else (None, None))
+                             else (None, saved.get("init") if saved is not None else None))
 
     # --- data -------------------------------------------------------------------------------
     preset = tdata.sim_preset(str(data))
@@ -418,6 +428,9 @@ def _train(data: str, *, run: Path, dev: torch.device, dist_info: distributed.Di
     net = create_model(config.model, in_chans=1, num_classes=len(CLASSES), **model_kwargs)
     if init_state is not None:  # before the EMA copies the model: it starts from these too
         net.load_state_dict(init_state)
+        del init_state
+        _warn_if_other_size(config.init_from, init_info.pop("input_size"), input_size)
+    if init_info:
         data_info["init"] = init_info
     net = net.to(dev)
     # the network that trains: the model, or the model and a training-only signal head
@@ -547,6 +560,7 @@ def _train(data: str, *, run: Path, dev: torch.device, dist_info: distributed.Di
                 "ema": ema.state_dict() if ema is not None else {},
                 "ema_updates": ema.updates if ema is not None else 0,
                 "history": history, "best_score": best_score, "elapsed_s": elapsed,
+                "init": data_info.get("init"),
                 "fitted_epochs": end_epoch if end_epoch < config.epochs else None,
                 "rng": state.rng_state()})
             print(_summary(row), flush=True)
@@ -559,6 +573,14 @@ def _train(data: str, *, run: Path, dev: torch.device, dist_info: distributed.Di
         if epoch + 1 >= end_epoch:
             break
     return run
+
+
+def _warn_if_other_size(spec: str, source_size: list | None, input_size: list) -> None:
+    """Weights fitted to another image size load (the networks pool globally), but start from
+    features of another pixel scale: worth a warning, not an error."""
+    if source_size and list(source_size) != list(input_size):
+        warnings.warn(f"init_from={spec}: its images were {source_size[0]}x{source_size[1]}, "
+                      f"this run's are {input_size[0]}x{input_size[1]}", stacklevel=3)
 
 
 def _limit_spent(config: TrainConfig, trained_s: float) -> bool:
