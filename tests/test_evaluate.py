@@ -270,3 +270,58 @@ def test_ieee_fp32_turns_tf32_off_and_restores_it():
             assert torch.backends.cudnn.allow_tf32  # CPU: nothing to change
     finally:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+def test_a_run_is_never_scored_on_its_own_training_images(tmp_path, capsys):
+    """The notebook's "validation" scored training images. A run records its training images'
+    content hashes; evaluate refuses any of them, under any split name or file name."""
+    import shutil
+
+    from train_fixtures import write_dataset as write_train_dataset
+
+    from darklens.train import train
+
+    data = write_train_dataset(tmp_path / "d", n_train=12, n_val=4)
+    run = train(str(data), out=tmp_path / "run", model="resnet_tiny", recipe="fast", epochs=1,
+                batch=16, device="cpu", resume=False, seed=0, allow_pickle=False,
+                overrides={"bn_recalib_batches": "1"})
+    hashes = (run / "train_sha256.txt").read_text().split()
+    assert len(hashes) == 36 and len(set(hashes)) == 36
+    capsys.readouterr()  # training's progress bars
+
+    # only train/ and val/: --split all holds the training images
+    assert main(["evaluate", str(run), str(data), "--split", "all", "--out",
+                 str(tmp_path / "all"), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "36 of the 48 images of split 'all' are images the model trained on" in err
+    assert not (tmp_path / "all").exists()
+    # the missing-split message no longer sends the user to --split all
+    assert main(["evaluate", str(run), str(data), "--out", str(tmp_path / "t")]) == 2
+    err = capsys.readouterr().err
+    assert "--split val" in err and "all" not in err.split("available")[1].split(";")[1]
+
+    # one training image copied into test/ under another name: refused by content
+    for name in CLASSES:
+        (data / "test" / name).mkdir(parents=True)
+        shutil.copy(data / "val" / name / "0.npy", data / "test" / name / "a.npy")
+    shutil.copy(data / "train" / "sphere" / "3.npy", data / "test" / "no" / "copy.npy")
+    assert main(["evaluate", str(run), str(data), "--out", str(tmp_path / "t"),
+                 "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "1 of the 4 images of split 'test'" in err and "test/no/copy.npy" in err
+    (data / "test" / "no" / "copy.npy").unlink()
+    assert main(["evaluate", str(run), str(data), "--out", str(tmp_path / "t"),
+                 "--device", "cpu"]) == 0
+
+    # a model without that record (e.g. pretrained) is scored, with a warning about the dataset
+    (run / "train_sha256.txt").unlink()
+    shutil.copy(data / "train" / "sphere" / "3.npy", data / "test" / "no" / "copy.npy")
+    with pytest.warns(UserWarning, match="1 images of split 'test' are also in its train split"):
+        assert main(["evaluate", str(run), str(data), "--out", str(tmp_path / "t2"),
+                     "--device", "cpu"]) == 0
+    # and training on that dataset warns before the run starts
+    with pytest.warns(UserWarning, match="1 test images are also training images"):
+        train(str(data), out=tmp_path / "run2", model="resnet_tiny", recipe="fast", epochs=1,
+              batch=16, device="cpu", resume=False, seed=0, allow_pickle=False,
+              overrides={"bn_recalib_batches": "1"})

@@ -97,6 +97,40 @@ def test_demo_rerun_replaces_only_its_own_folders(tmp_path, monkeypatch, capsys)
     assert (out / "run" / "keep.txt").exists()
 
 
+def test_demo_never_overwrites_report_files_or_report_folders_it_did_not_make(
+        tmp_path, monkeypatch):
+    import darklens.checkpoint
+    import darklens.evaluation
+    import darklens.sim
+    import darklens.train
+
+    def fake_evaluate(model, data, *, out, **kw):
+        Path(out).mkdir(parents=True, exist_ok=True)
+        (Path(out) / "report.md").write_text("demo's")
+        return _fake_report()
+
+    monkeypatch.setattr(darklens.sim, "simulate_dataset",
+                        lambda path, **kw: Path(path).mkdir(parents=True, exist_ok=True))
+    monkeypatch.setattr(darklens.train, "train", lambda data, *, out, **kw: None)
+    monkeypatch.setattr(darklens.evaluation, "evaluate", fake_evaluate)
+    monkeypatch.setattr(darklens.checkpoint, "list_pretrained", lambda: [{"name": "p"}])
+    for mine in ("report.md", "predictions.csv", "pretrained-p/report.md"):
+        out = tmp_path / mine.replace("/", "_")
+        (out / mine).parent.mkdir(parents=True, exist_ok=True)
+        (out / mine).write_text("MINE")
+        with pytest.raises(DarklensError, match=f"{mine.split('/')[0]} exists and was not "
+                                                "made by darklens demo"):
+            demo.run_demo(out=out, device="cpu")
+        assert (out / mine).read_text() == "MINE"
+
+    # a demo's own OUT (its marker) from before report folders were marked: still replaced
+    out = tmp_path / "old_demo"
+    demo.run_demo(out=out, device="cpu")
+    (out / "pretrained-p" / demo.MARKER_NAME).unlink()
+    demo.run_demo(out=out, device="cpu")
+    assert (out / "report.md").read_text() == "demo's"
+
+
 def test_demo_out_has_help():
     from darklens.cli import build_parser
 
@@ -233,3 +267,34 @@ def test_demo_reclaims_the_folders_of_an_interrupted_demo(tmp_path):
     with pytest.raises(DarklensError, match="elsewhere exists and was not made"):
         demo.claim_folders(out, ["data", "elsewhere"])
     assert (out / "elsewhere" / "f").exists()
+
+
+def test_a_new_run_never_writes_into_a_folder_that_holds_anything(tmp_path):
+    """Without --resume a run needs a new or empty --out: a finished run whose state file was
+    deleted, or a dataset, must not be overwritten."""
+    data = write_dataset(tmp_path / "d", n_train=12, n_val=4)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "best.json").write_text("an old run's")
+    with pytest.raises(DarklensError, match=r"run: not empty \(best.json\); .*another --out"):
+        train(str(data), out=run, epochs=1, resume=False, **TINY)
+    assert (run / "best.json").read_text() == "an old run's"
+    with pytest.raises(DarklensError, match="d: not empty"):
+        train(str(data), out=data, epochs=1, resume=False, **TINY)
+    (run / "best.json").unlink()  # an empty folder is fine
+    train(str(data), out=run, epochs=1, resume=False, **TINY)
+
+
+def test_run_files_get_the_usual_permissions(tmp_path):
+    """mkstemp's 0600 would hide checkpoints from colleagues sharing the folder."""
+    import os
+
+    data = write_dataset(tmp_path / "d", n_train=12, n_val=4)
+    old = os.umask(0o022)
+    try:
+        run = train(str(data), out=tmp_path / "run", epochs=1, resume=False, **TINY)
+    finally:
+        os.umask(old)
+    for name in ("best.json", "best.safetensors", "last.json", "last.safetensors",
+                 "last.state.pt", "metrics.csv", "config.yaml", "train_sha256.txt"):
+        assert (run / name).stat().st_mode & 0o777 == 0o644, name

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from darklens import CLASSES, __version__
+from darklens.config import usual_permissions
 from darklens.errors import DarklensError
 
 PRETRAINED_PREFIX = "pretrained:"
@@ -89,6 +90,7 @@ def _atomic_replace(path: Path, write) -> None:
     os.close(fd)
     try:
         write(tmp)
+        usual_permissions(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -179,7 +179,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="score a model: AUCs, ROC, confusion, calibration")
     p.add_argument("model", help="run folder, checkpoint file or pretrained:<name>")
     p.add_argument("data", help="dataset folder or .zip")
-    p.add_argument("--split", default="test", choices=["val", "test", "all"])
+    p.add_argument("--split", default="test", choices=["val", "test", "all"],
+                   help="split to score (default test); all: every split, train included. "
+                        "Images a run trained on are refused, by content hash")
     p.add_argument("--out", required=True, help="report folder")
     p.add_argument("--tta", action="store_true", help="average the 8 D4 rotations/flips")
     p.add_argument("--allow-pickle", action="store_true")

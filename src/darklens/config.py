@@ -118,6 +118,14 @@ def _plain(x: Any) -> Any:
     return x
 
 
+def usual_permissions(path: str | Path) -> None:
+    """Give a ``mkstemp`` file (0600) the mode a plain ``open`` would (0666 less the umask), so
+    colleagues who can read the folder can read the run too."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+
+
 def atomic_write_text(path: str | Path, text: str) -> None:
     """Write ``text`` to ``path`` via a temporary file and ``os.replace`` (never half-written)."""
     path = Path(path)
@@ -126,10 +134,7 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)
-        # mkstemp makes 0600 files; give the result the usual permissions (umask applies)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
+        usual_permissions(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

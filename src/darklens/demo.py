@@ -41,6 +41,9 @@ def _say(text: str) -> None:
 #: marker file: inside each folder the demo finished, and in OUT for folders it is still making
 MARKER_NAME = ".darklens-demo"
 DEMO_FOLDERS = ("data", "run", "pretrained-test")
+#: what the demo writes into OUT itself (evaluate's report of the demo model, and demo.json)
+DEMO_FILES = ("report.json", "report.md", "roc.png", "confusion.png", "calibration.png",
+              "examples.png", "predictions.csv", "demo.json")
 
 
 def _pending(out: Path) -> set[str]:
@@ -56,7 +59,18 @@ def _write_pending(out: Path, names: set[str]) -> None:
     atomic_write_text(out / MARKER_NAME, json.dumps({"pending": sorted(names)}) + "\n")
 
 
-def claim_folders(out: Path, names: list[str] | tuple[str, ...]) -> dict[str, Path]:
+def _old_demo_report(out: Path, path: Path) -> bool:
+    """A ``pretrained-<name>`` report folder of a demo from before these were marked: in a
+    demo's ``out``, holding evaluate's report files and nothing else."""
+    if not (out / MARKER_NAME).is_file() or not path.name.startswith("pretrained-"):
+        return False
+    if not path.is_dir() or path.is_symlink():
+        return False
+    return {p.name for p in path.iterdir()} <= set(DEMO_FILES) - {"demo.json"}
+
+
+def claim_folders(out: Path, names: list[str] | tuple[str, ...],
+                  files: tuple[str, ...] = DEMO_FILES) -> dict[str, Path]:
     """Give the demo empty folders ``out/<name>``, deleting only ones an earlier demo made.
 
     A folder is the demo's when it holds the marker file (written by :func:`mark_folder` once
@@ -65,14 +79,23 @@ def claim_folders(out: Path, names: list[str] | tuple[str, ...]) -> dict[str, Pa
     ``simulate_dataset`` refuses a non-empty folder). Every name is checked before anything is
     deleted, so a refusal leaves ``out`` as it was.
 
+    The ``files`` the demo writes into ``out`` itself are replaced only where ``out`` holds
+    the demo's marker (an earlier demo wrote there); anywhere else they are the user's.
+
     Raises:
-        DarklensError: ``out/<name>`` exists and was not made by the demo.
+        DarklensError: ``out/<name>`` or ``out/<file>`` exists and was not made by the demo.
     """
     out = Path(out)
     pending = _pending(out)
+    if not (out / MARKER_NAME).is_file():
+        theirs = [out / f for f in files if (out / f).exists() or (out / f).is_symlink()]
+        if theirs:
+            raise DarklensError(f"{theirs[0]} exists and was not made by darklens demo; "
+                                "choose another --out")
     for name in names:
         path = out / name
-        ours = name in pending or (path / MARKER_NAME).is_file()
+        ours = (name in pending or (path / MARKER_NAME).is_file()
+                or _old_demo_report(out, path))
         if (path.exists() or path.is_symlink()) and not ours:
             raise DarklensError(f"{path} exists and was not made by darklens demo; "
                                 "choose another --out")
@@ -108,7 +131,9 @@ def run_demo(out: str | Path = "runs/demo", device: str = "auto") -> dict:
     started = time.perf_counter()
     shipped = list_pretrained()
     # Claim every folder up front: a foreign folder stops the demo before minutes of work.
-    folders = claim_folders(out, DEMO_FOLDERS if shipped else DEMO_FOLDERS[:2])
+    report_folders = tuple(f"pretrained-{item['name']}" for item in shipped)
+    folders = claim_folders(out, (DEMO_FOLDERS + report_folders) if shipped else
+                            DEMO_FOLDERS[:2])
 
     data = folders["data"]
     _say(f"1/4 simulating model_a ({DEMO_SIM['image_size']}x{DEMO_SIM['image_size']} crop, "
@@ -138,8 +163,9 @@ def run_demo(out: str | Path = "runs/demo", device: str = "auto") -> dict:
         for item in shipped:
             name = item["name"]
             results["pretrained"][name] = evaluate(
-                f"pretrained:{name}", test_data, split="test", out=out / f"pretrained-{name}",
-                device=device)
+                f"pretrained:{name}", test_data, split="test",
+                out=folders[f"pretrained-{name}"], device=device)
+            mark_folder(folders[f"pretrained-{name}"])
     else:
         _say("4/4 no pretrained model is shipped with this install: skipped")
 

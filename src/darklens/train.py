@@ -117,10 +117,24 @@ def build_config(*, recipe: str, model: str, epochs: int | None, batch: int | No
     config = dataclasses.replace(TrainConfig(), recipe=recipe, model=model, seed=seed,
                                  **RECIPES[recipe])
     explicit = {"epochs": epochs, "batch_size": batch, "lr": lr}
-    config = dataclasses.replace(config, **{k: v for k, v in explicit.items() if v is not None})
+    explicit = {k: v for k, v in explicit.items() if v is not None}
+    _refuse_two_values(explicit, model, overrides or {})
+    config = dataclasses.replace(config, **explicit)
     config = apply_overrides(config, overrides or {}, what="train config")
     _validate(config)
     return config
+
+
+def _refuse_two_values(explicit: dict[str, Any], model: str, overrides: dict[str, Any]) -> None:
+    """A flag and a ``--set`` of the same setting with different values: which one was meant
+    is a guess, so neither wins silently."""
+    flags = {"epochs": "--epochs", "batch_size": "--batch", "lr": "--lr", "model": "--model"}
+    for key, value in {**explicit, "model": model}.items():
+        if key in overrides:
+            other = apply_overrides(TrainConfig(), {key: overrides[key]}, what="train config")
+            if getattr(other, key) != value:
+                raise DarklensError(f"{flags[key]} {value} and --set {key}={overrides[key]} "
+                                    "disagree; give the setting once")
 
 
 #: ``train()`` arguments that always arrive (the CLI passes its defaults): on ``--resume`` a value
@@ -173,8 +187,11 @@ def _same_data(a: str, b: str) -> bool:
 
 
 def _validate(c: TrainConfig) -> None:
-    if c.epochs < 1 or c.batch_size < 1 or c.lr <= 0:
-        raise DarklensError("epochs, batch and lr must be positive")
+    for key, value in (("epochs", c.epochs), ("batch", c.batch_size), ("lr", c.lr)):
+        if not (math.isfinite(value) and value > 0):
+            raise DarklensError(f"--{key} {value:g}: must be positive")
+    if not 0 < c.val_fraction < 1:
+        raise DarklensError(f"val_fraction={c.val_fraction:g}: expected a number in (0, 1)")
     if c.augment not in ("d4", "none"):
         raise DarklensError(f"augment={c.augment!r}: expected d4 or none")
     if c.amp not in ("bf16", "none"):
@@ -371,6 +388,12 @@ def _train(data: str, *, run: Path, dev: torch.device, dist_info: distributed.Di
         if (run / state.STATE_NAME).exists():
             raise DarklensError(
                 f"{run}: already holds a run; pass --resume or choose another --out")
+        if run.is_dir() and any(run.iterdir()):  # a finished run, a dataset, anything: kept
+            raise DarklensError(f"{run}: not empty ({', '.join(sorted(os.listdir(run))[:3])}"
+                                f"{', ...' if len(os.listdir(run)) > 3 else ''}); training "
+                                "writes a new folder: choose another --out")
+        if run.exists() and not run.is_dir():
+            raise DarklensError(f"{run}: is a file; --out must be a folder")
     world = dist_info.world_size
     if config.batch_size % world:
         raise DarklensError(f"batch {config.batch_size} does not split over {world} processes")
@@ -475,13 +498,17 @@ def _train(data: str, *, run: Path, dev: torch.device, dist_info: distributed.Di
                                            dist_info)
 
     resolved = {**to_dict(config), "data": str(data), "world_size": world, "device": str(dev),
-                "compiled": compiled, "data_info": data_info}
+                "compiled": compiled, "data_info": data_info,
+                # what ran: autocast is CUDA-only (loop.autocast), so CPU runs stay fp32
+                "amp_in_effect": config.amp if dev.type == "cuda" else "none"}
     if end_epoch < config.epochs:  # a resumed run whose budget already fitted its epochs
         resolved["fitted_epochs"] = end_epoch
     # Training starts: only now does the run folder appear (a refused run leaves nothing).
     run.mkdir(parents=True, exist_ok=True)
     if dist_info.is_main:
         save_yaml(run / "config.yaml", resolved)
+        if train_split is not None:
+            tdata.write_train_hashes(run, train_split.sha256)
         if data_info.get("stratified_val"):
             tdata.write_val_split(run, seed=config.seed, fraction=config.val_fraction,
                                   val_paths=val.paths)

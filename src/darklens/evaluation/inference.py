@@ -8,6 +8,7 @@ elements of the dihedral group D4 removes orientation noise from the prediction.
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Iterator
 
 import numpy as np
@@ -118,12 +119,19 @@ def predict_proba(
     if tta:  # 8 views per image: keep the images per forward pass (and memory) as without TTA
         batch_size = max(1, batch_size // 8)
     out: list[torch.Tensor] = []
+    warned = False
     bar = tqdm(total=n, desc="predicting" + (" (TTA x8)" if tta else ""), unit="img",
                disable=None if progress and n else True, leave=False)  # None: off without a TTY
     with bar, ieee_fp32(device):
         for start in range(0, n, batch_size):
             # a copy: the packed cache is a read-only memmap, which torch will not wrap
             chunk = np.array(images[start: start + batch_size], dtype=np.float32)
+            if not warned and chunk.size and (chunk.max() > 1.5 or chunk.min() < -0.5):
+                warned = True  # e.g. 8-bit images (0-255): confident nonsense, not an error
+                warnings.warn(f"pixel values in [{chunk.min():g}, {chunk.max():g}]: darklens "
+                              "models are trained on images scaled to [0, 1] (as simulated "
+                              "and as in the DeepLense sets); rescale them first",
+                              stacklevel=2)
             batch = torch.from_numpy(chunk).to(device)
             if batch.ndim == 3:
                 batch = batch.unsqueeze(1)  # (B, H, W) -> (B, 1, H, W)

@@ -12,6 +12,7 @@ import csv
 import io
 import json
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -32,12 +33,41 @@ def _choose_split(ds, data: str | Path, split: str):
     training images.
     """
     if split != ALL_SPLIT and split not in ds.splits:
-        others = [s for s in ds.splits if s != "train"] + [ALL_SPLIT]
-        raise DarklensError(
-            f"{data}: no {split!r} split to evaluate (available: {', '.join(ds.splits)}); "
-            f"choose one with --split {'|'.join(dict.fromkeys(others))}"
-        )
+        others = [s for s in ds.splits if s not in ("train", ALL_SPLIT)]
+        hint = (f"choose one with --split {'|'.join(others)}" if others else
+                "it holds training images only: score the model on a dataset with a test "
+                "split (e.g. darklens simulate OUT --preset model_a --test 1000)")
+        raise DarklensError(f"{data}: no {split!r} split to evaluate (available: "
+                            f"{', '.join(ds.splits)}); {hint}")
     return ds.split(split)
+
+
+def _refuse_training_images(part, ds, data: str | Path, meta: dict) -> None:
+    """Never score an image the model trained on; warn about a dataset whose own splits leak.
+
+    A run folder records its training images' content hashes (``train_sha256.txt``); any of
+    them in the scored split is an error. Without that record (pretrained models, which trained
+    on fresh simulated images), images this dataset also holds in its train split are a warning:
+    the numbers may be fine for this model, but the dataset is not a clean benchmark.
+    """
+    from darklens.training.data import read_train_hashes, shared_images
+
+    source = str(meta.get("source", ""))
+    trained = (None if not source or source.startswith("pretrained:")
+               else read_train_hashes(Path(source).parent))
+    if trained:
+        seen = shared_images(part.sha256, part.paths, trained)
+        if seen:
+            raise DarklensError(
+                f"{data}: {len(seen)} of the {len(part)} images of split {part.name!r} are "
+                f"images the model trained on (e.g. {seen[0]}; by content hash, "
+                f"{Path(source).parent / 'train_sha256.txt'}); score a split it did not train on")
+    if part.name not in ("train", ALL_SPLIT) and "train" in ds.splits:
+        train = ds.split("train")
+        leaked = shared_images(part.sha256, part.paths, train.sha256)
+        if leaked:
+            warnings.warn(f"{data}: {len(leaked)} images of split {part.name!r} are also in "
+                          f"its train split (e.g. {leaked[0]}, by content hash)", stacklevel=3)
 
 
 def predictions_csv(paths: list[str], probs: np.ndarray, labels: np.ndarray | None = None) -> str:
@@ -208,6 +238,7 @@ def evaluate(
     part = _choose_split(ds, data, split)
     if len(part) == 0:
         raise DarklensError(f"{data}: split {split!r} holds no images")
+    _refuse_training_images(part, ds, data, meta)
     probs = predict_proba(net, meta, part.images, batch_size=batch_size, device=torch_device,
                           tta=tta, progress=progress)
     labels = np.asarray(part.labels, dtype=np.int64)

@@ -187,8 +187,19 @@ def _validate(c: SimConfig) -> None:
     for key in ("lens_light_R", "source_R", "lens_light_n", "source_n"):
         if getattr(c, key)[0] <= 0:
             raise bad(key, "must be > 0")
-    if c.lens_light_n[0] < 0.2 or c.source_n[0] < 0.2:
-        raise bad("source_n", "Sersic index must be >= 0.2")
+    for key in ("lens_light_n", "source_n"):
+        if getattr(c, key)[0] < 0.2:
+            raise bad(key, "Sersic index must be >= 0.2")
+    if c.theta_E[0] <= 0:
+        raise bad("theta_E", "Einstein radius must be > 0")
+    for key in ("sub_mass_fraction", "vort_mass_fraction", "shear_gamma", "lens_light_amp",
+                "source_amp", "source_offset", "sub_radius"):
+        if getattr(c, key)[0] < 0:
+            raise bad(key, f"must be >= 0, got {list(getattr(c, key))}")
+    if c.shear_gamma[1] >= 1:
+        raise bad("shear_gamma", "shear magnitude must be < 1")
+    if c.sky < 0 or c.background_rms < 0:
+        raise bad("sky" if c.sky < 0 else "background_rms", "noise levels must be >= 0")
     choices = {
         "sub_mass_mode": ("fraction", "msun"), "vort_mass_mode": ("fraction", "msun"),
         "vort_model": ("line", "chain"), "vort_length_mode": ("fixed", "axion"),

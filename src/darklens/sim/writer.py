@@ -117,10 +117,12 @@ def simulate_dataset(out, preset: str = "model_a", n_train: int = 1000, n_val: i
     i_shard, n_shards = shard
     if not (n_shards >= 1 and 0 <= i_shard < n_shards):
         raise DarklensError(f"--shard {i_shard}/{n_shards}: need 0 <= i < n")
+    if n_train + n_val + n_test == 0:
+        raise DarklensError("--train, --val, --test: all 0; a dataset needs at least one image")
+    if batch is not None and int(batch) < 1:
+        raise DarklensError(f"--batch: must be >= 1, got {batch}")
     dev = resolve_device(device)
     batch = int(batch) if batch else (2048 if dev.type == "cuda" else 64)
-    if batch < 1:
-        raise DarklensError(f"--batch: must be >= 1, got {batch}")
     backend = choose_backend(backend, config, dev)
     counts = {"train": n_train, "val": n_val, "test": n_test}
     # The renderer is part of the dataset's identity: the CPU path draws its noise differently

@@ -8,6 +8,7 @@ generators seeded by (seed, epoch), so an epoch is the same wherever it is re-ru
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,6 +61,7 @@ class ArraySplit:
     images: torch.Tensor
     labels: torch.Tensor
     paths: list[str] = field(default_factory=list)
+    sha256: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -126,6 +128,33 @@ def training_split_name(splits: list[str], data: str) -> str:
                         "training never uses val or test images: add a train/ folder")
 
 
+#: the content hashes of the images a run trained on, one per line: ``darklens evaluate``
+#: refuses to score any of them (the seed notebook's "validation" scored training images)
+TRAIN_HASHES_NAME = "train_sha256.txt"
+
+
+def write_train_hashes(out: Path, sha256: list[str]) -> None:
+    atomic_write_text(out / TRAIN_HASHES_NAME, "".join(f"{h}\n" for h in sorted(set(sha256))))
+
+
+def read_train_hashes(run: Path) -> set[str] | None:
+    """The hashes a run folder recorded, or None when it has none (``sim:`` runs, old runs)."""
+    path = run / TRAIN_HASHES_NAME
+    try:
+        return set(path.read_text().split())
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as e:
+        raise DarklensError(f"{path}: cannot read the run's training hashes ({e})") from None
+
+
+def shared_images(a_sha: list[str], a_paths: list[str], b_sha: list[str] | set[str]
+                  ) -> list[str]:
+    """Paths of ``a`` whose content hash is also in ``b``."""
+    b = set(b_sha)
+    return [p for h, p in zip(a_sha, a_paths, strict=True) if h in b]
+
+
 def write_val_split(out: Path, *, seed: int, fraction: float, val_paths: list[str]) -> None:
     """``out/val_split.json``: which images a stratified split held out for validation."""
     atomic_write_text(out / "val_split.json", json.dumps(
@@ -161,8 +190,15 @@ def load_array_splits(data: str, *, seed: int, val_fraction: float, device: torc
                 "train_split": train_name, "stratified_val": True}
     tr_paths = [tr.paths[i] for i in tr_idx]
     va_paths = [va.paths[i] for i in va_idx]
-    check_leakage([tr.sha256[i] for i in tr_idx], tr_paths,
-                  [va.sha256[i] for i in va_idx], va_paths, str(data))
+    tr_sha = [tr.sha256[i] for i in tr_idx]
+    check_leakage(tr_sha, tr_paths, [va.sha256[i] for i in va_idx], va_paths, str(data))
+    if "test" in ds.splits:  # not the run's to refuse, but its test numbers would be wrong
+        test = ds.split("test")
+        leaked = shared_images(test.sha256, test.paths, tr_sha)
+        if leaked:
+            warnings.warn(f"{data}: {len(leaked)} test images are also training images (e.g. "
+                          f"{leaked[0]}); darklens evaluate will refuse to score them",
+                          stacklevel=2)
     if len(tr_idx) == 0 or len(va_idx) == 0:
         raise DarklensError(f"{data}: need images in both train and val")
 
@@ -171,7 +207,7 @@ def load_array_splits(data: str, *, seed: int, val_fraction: float, device: torc
         labels = torch.as_tensor(np.asarray(split.labels)[idx], dtype=torch.long)
         return _to_tensor(np.asarray(images), device), labels.to(device)
 
-    train = ArraySplit(*take(tr, tr_idx), paths=tr_paths)
+    train = ArraySplit(*take(tr, tr_idx), paths=tr_paths, sha256=tr_sha)
     val = ArraySplit(*take(va, va_idx), paths=va_paths)
     info.update(n_train=len(train), n_val=len(val), image_shape=list(ds.image_shape))
     return train, val, info

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from darklens.config import usual_permissions
 from darklens.errors import DarklensError
 
 STATE_NAME = "last.state.pt"
@@ -64,6 +65,7 @@ def save_state(run: Path, state: dict[str, Any]) -> None:
             f.write(buf.getvalue())
             f.flush()
             os.fsync(f.fileno())
+        usual_permissions(tmp)
         os.replace(tmp, run / STATE_NAME)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -77,7 +79,8 @@ def load_state(run: Path) -> dict[str, Any]:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # a corrupt or foreign file: one line, no traceback
-        raise DarklensError(f"{path}: cannot read run state ({type(e).__name__})") from None
+        raise DarklensError(f"{path}: cannot read run state: truncated, corrupt or not a "
+                            f"darklens state ({type(e).__name__})") from None
 
 
 def write_metrics_csv(run: Path, rows: list[dict[str, Any]]) -> None:
@@ -86,12 +89,17 @@ def write_metrics_csv(run: Path, rows: list[dict[str, Any]]) -> None:
         return
     fields = list(rows[0])
     fd, tmp = tempfile.mkstemp(dir=run, prefix=f".{METRICS_NAME}.", suffix=".tmp")
-    with os.fdopen(fd, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=fields)
-        w.writeheader()
-        for row in rows:
-            w.writerow({k: _fmt(row.get(k)) for k in fields})
-    os.replace(tmp, run / METRICS_NAME)
+    try:
+        with os.fdopen(fd, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=fields)
+            w.writeheader()
+            for row in rows:
+                w.writerow({k: _fmt(row.get(k)) for k in fields})
+        usual_permissions(tmp)
+        os.replace(tmp, run / METRICS_NAME)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def _fmt(v: Any) -> Any:
