@@ -325,3 +325,14 @@ def test_a_run_is_never_scored_on_its_own_training_images(tmp_path, capsys):
         train(str(data), out=tmp_path / "run2", model="resnet_tiny", recipe="fast", epochs=1,
               batch=16, device="cpu", resume=False, seed=0, allow_pickle=False,
               overrides={"bn_recalib_batches": "1"})
+
+
+def test_evaluate_and_export_say_what_they_did(setup, tmp_path, capsys):
+    tmp, data, run = setup
+    assert main(["evaluate", str(run), str(data), "--split", "val", "--out",
+                 str(tmp_path / "r"), "--device", "cpu"]) == 0
+    out = capsys.readouterr().out.strip().splitlines()[-1]
+    report = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert out.startswith(f"36 images of split val: accuracy {report['accuracy']:.4f}, macro "
+                          f"AUC {report['auc']['macro']:.4f} [")
+    assert out.endswith(f"-> {tmp_path / 'r' / 'report.md'}")

@@ -301,6 +301,8 @@ def load_checkpoint(spec: str | Path, device: str | torch.device = "cpu") -> tup
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
         first = str(e).splitlines()[1].strip() if "\n" in str(e) else str(e)
+        if len(first) > 300:  # every missing key of a whole network: a line, not a page
+            first = first[:300].rsplit(",", 1)[0] + ", ..."
         raise DarklensError(
             f"{weights_path}: weights do not fit model {meta['model']!r} ({first})"
         ) from None

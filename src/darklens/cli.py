@@ -68,8 +68,13 @@ def _cmd_train(a: argparse.Namespace) -> int | None:
 def _cmd_evaluate(a: argparse.Namespace) -> int | None:
     from darklens.evaluation import evaluate
 
-    evaluate(a.model, a.data, split=a.split, out=a.out, tta=a.tta,
-             allow_pickle=a.allow_pickle, device=a.device)
+    report = evaluate(a.model, a.data, split=a.split, out=a.out, tta=a.tta,
+                      allow_pickle=a.allow_pickle, device=a.device)
+    auc, ci = report["auc"]["macro"], report["ci95"]["macro_auc"]
+    auc_text = ("n/a (a class is missing)" if auc is None else f"{auc:.4f}" + (
+        f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci and None not in ci else ""))
+    print(f"{report['n']} images of split {a.split}: accuracy {report['accuracy']:.4f}, macro "
+          f"AUC {auc_text} -> {Path(a.out) / 'report.md'}")
     return 0
 
 
@@ -84,6 +89,7 @@ def _cmd_export(a: argparse.Namespace) -> int | None:
     from darklens.evaluation import export_onnx
 
     export_onnx(a.model, a.onnx)
+    print(f"wrote {a.onnx}")
     return 0
 
 
@@ -100,6 +106,8 @@ def _cmd_demo(a: argparse.Namespace) -> int | None:
     run_demo(out=a.out, device=a.device)
     return 0
 
+
+PICKLE_HELP = "load pickled .npy files (Model I axion); runs code from the file"
 
 #: ``darklens train --help``'s list of ``--set`` keys; tests/test_cli_help.py keeps it equal to
 #: TrainConfig's fields (written out so that building the parser does not import torch)
@@ -139,8 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("inspect", help="check a dataset: counts, shapes, problems, leakage")
     p.add_argument("data", help="dataset folder or .zip")
-    p.add_argument("--allow-pickle", action="store_true",
-                   help="load pickled .npy files (Model I axion); runs code from the file")
+    p.add_argument("--allow-pickle", action="store_true", help=PICKLE_HELP)
     p.add_argument("--json", action="store_true", help="print one JSON object to stdout")
     p.set_defaults(func=_cmd_inspect)
 
@@ -165,14 +172,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("data", help="dataset folder or .zip, or sim:PRESET for on-the-fly data")
     p.add_argument("--model", default="densenet_cbam", help="registered model name")
     p.add_argument("--out", required=True, help="run folder")
-    p.add_argument("--recipe", default="fast", choices=["fast", "seed"])
-    p.add_argument("--epochs", type=int, default=None)
-    p.add_argument("--batch", type=int, default=None)
-    p.add_argument("--lr", type=float, default=None)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--recipe", default="fast", choices=["fast", "seed"],
+                   help="fast (default): bf16, compile, EMA, larger batches; seed: the "
+                        "notebook's hyper-parameters exactly")
+    p.add_argument("--epochs", type=int, default=None, help="default: the recipe's")
+    p.add_argument("--batch", type=int, default=None,
+                   help="global batch size (default: the recipe's: fast 256, seed 64)")
+    p.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the "
+                                                          "recipe's)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the init, batches, augmentation "
+                                                       "and sim: stream (default 0)")
     _add_device(p)
     p.add_argument("--resume", action="store_true", help="continue from RUN/last.*")
-    p.add_argument("--allow-pickle", action="store_true")
+    p.add_argument("--allow-pickle", action="store_true", help=PICKLE_HELP)
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key")
     p.set_defaults(func=_cmd_train)
 
@@ -184,7 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "Images a run trained on are refused, by content hash")
     p.add_argument("--out", required=True, help="report folder")
     p.add_argument("--tta", action="store_true", help="average the 8 D4 rotations/flips")
-    p.add_argument("--allow-pickle", action="store_true")
+    p.add_argument("--allow-pickle", action="store_true", help=PICKLE_HELP)
     _add_device(p)
     p.set_defaults(func=_cmd_evaluate)
 
@@ -193,18 +205,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("inputs", nargs="+", help=".npy files, folders or zips")
     p.add_argument("--out", required=True, help="CSV file to write")
     p.add_argument("--skip-bad", action="store_true", help="skip unreadable files, list them")
-    p.add_argument("--tta", action="store_true")
-    p.add_argument("--allow-pickle", action="store_true")
+    p.add_argument("--tta", action="store_true", help="average the 8 D4 rotations/flips")
+    p.add_argument("--allow-pickle", action="store_true", help=PICKLE_HELP)
     _add_device(p)
     p.set_defaults(func=_cmd_predict)
 
     p = sub.add_parser("export", help="export a model to ONNX")
     p.add_argument("model", help="run folder, checkpoint file or pretrained:<name>")
-    p.add_argument("--onnx", required=True, help="output .onnx file")
+    p.add_argument("--onnx", required=True,
+                   help="output .onnx file; its input is the preprocessed image (pixel - the "
+                        "checkpoint's preprocessing.subtract, 0.5 for darklens runs), "
+                        "shape (N, 1, H, W)")
     p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("models", help="list registered models and shipped pretrained weights")
-    p.add_argument("pattern", nargs="?", default="*")
+    p.add_argument("pattern", nargs="?", default="*", help="glob on the name, e.g. 'resnet*'")
     p.set_defaults(func=_cmd_models)
 
     p = sub.add_parser("demo", help="simulate, train, evaluate: the whole job on a small CPU")

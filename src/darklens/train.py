@@ -442,7 +442,7 @@ def _train(data: str, *, run: Path, dev: torch.device, dist_info: distributed.Di
         n_steps = tdata.steps_per_epoch(len(train_split), rank_batch, world)
         if n_steps == 0:
             raise DarklensError(f"{data}: {len(train_split)} training images are fewer than "
-                                f"one batch of {config.batch_size}")
+                                f"one batch of {config.batch_size}; pass a smaller --batch")
     input_size = list(val.images.shape[-2:])
     val_labels = val.labels.cpu().numpy()
 

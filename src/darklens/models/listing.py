@@ -40,7 +40,8 @@ def print_models(pattern: str = "*") -> None:
     names = list_models(pattern)
     width = max([len(n) for n in names] + [5])
     # Building every model takes seconds (e2cnn computes its kernel bases): show progress.
-    counts = {n: count_parameters(n) for n in tqdm(names, desc="counting parameters", leave=False)}
+    counts = {n: count_parameters(n)  # disable=None: no bar without a terminal
+              for n in tqdm(names, desc="counting parameters", leave=False, disable=None)}
     print(f"{'model':<{width}}  {'params':>12}")
     for name in names:
         print(f"{name:<{width}}  {counts[name]:>12,}")
