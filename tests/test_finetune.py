@@ -9,7 +9,7 @@ import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
-from train_fixtures import write_dataset
+from train_fixtures import MinuteClock, write_dataset
 
 from darklens.errors import DarklensError
 from darklens.train import train
@@ -84,22 +84,11 @@ def test_fine_tuning_a_shipped_float16_model(tiny_data, tmp_path):
     assert json.loads((run / "last.json").read_text())["model"] == "resnet18_slim"
 
 
-class _Clock:
-    """``time`` for darklens.train whose every reading is a minute after the last."""
-
-    def __init__(self):
-        self.now = -60.0
-
-    def perf_counter(self):
-        self.now += 60.0
-        return self.now
-
-
 def test_a_resumed_fine_tune_keeps_its_source_and_never_reloads_it(
         source_run, tiny_data, tmp_path, monkeypatch):
     import darklens.train as train_mod
 
-    monkeypatch.setattr(train_mod, "time", _Clock())  # every epoch "takes" a minute
+    monkeypatch.setattr(train_mod, "time", MinuteClock())  # every epoch "takes" a minute
     args = dict(recipe="fast", epochs=3, seed=1, **TINY)
     fixed = {"init_from": str(source_run), "ema_decay": "0", "bn_recalib_batches": "1"}
     run = tmp_path / "ft"

@@ -23,7 +23,7 @@ from darklens.training import data as tdata
 from darklens.training import loop
 
 sys.path.insert(0, str(Path(__file__).parent))
-from train_fixtures import write_dataset  # noqa: E402
+from train_fixtures import MinuteClock, write_dataset  # noqa: E402
 
 TINY = {"model": "densenet_cbam_tiny", "batch": 32, "device": "cpu", "allow_pickle": False,
         "lr": 3e-3}
@@ -176,24 +176,13 @@ def test_seed_recipe_is_the_notebooks():
     assert not c.fused_optimizer  # torch's default AdamW, as the notebook
 
 
-class _Clock:
-    """``time`` for darklens.train whose every reading is a minute after the last."""
-
-    def __init__(self):
-        self.now = -60.0
-
-    def perf_counter(self):
-        self.now += 60.0
-        return self.now
-
-
 def test_budget_fits_the_schedule_and_resume_keeps_it(tiny_data, tmp_path, monkeypatch):
     import darklens.train as train_mod
 
     args = dict(recipe="fast", epochs=10, seed=0,
                 overrides={"budget_min": "3", "bn_recalib_batches": "1", "ema_decay": "0"},
                 **TINY)
-    monkeypatch.setattr(train_mod, "time", _Clock())  # epoch 1 "takes" a minute
+    monkeypatch.setattr(train_mod, "time", MinuteClock())  # epoch 1 "takes" a minute
     run = train(str(tiny_data), out=tmp_path / "b", resume=False, **args)
     rows = read_rows(run)
     assert len(rows) == 3  # 3 minutes / 1 minute per epoch, out of the 10 asked for
@@ -220,7 +209,7 @@ def test_a_time_limited_run_resumes_with_a_raised_limit_to_the_uninterrupted_res
 
     base = dict(recipe="fast", epochs=4, seed=0, **TINY)
     fixed = {"bn_recalib_batches": "1", "ema_decay": "0.9"}
-    monkeypatch.setattr(train_mod, "time", _Clock())  # every epoch "takes" a minute
+    monkeypatch.setattr(train_mod, "time", MinuteClock())  # every epoch "takes" a minute
     cut = tmp_path / "cut"
     train(str(tiny_data), out=cut, resume=False,
           overrides={**fixed, "time_limit_min": "1.5"}, **base)
@@ -444,7 +433,7 @@ def test_curriculum_boosts_only_the_early_training_batches(tmp_path, monkeypatch
 
     monkeypatch.setattr(tdata, "sim_batches", spy_batches)
     monkeypatch.setattr(tdata, "simulate_val", spy_val)
-    monkeypatch.setattr(train_mod, "time", _Clock())  # epoch 1 "takes" a minute
+    monkeypatch.setattr(train_mod, "time", MinuteClock())  # epoch 1 "takes" a minute
     # 10 epochs asked, 3 fit the budget: the curriculum spans round(0.67 * 3) = 2 of them
     train("sim:model_a", out=tmp_path / "sim", recipe="fast", epochs=10, resume=False, seed=0,
           overrides={"sim_set": "[image_size=32]", "sim_steps_per_epoch": "1",
