@@ -18,7 +18,7 @@ set -euo pipefail
 NAME=${NAME:-ft$SEED} DEVICE=${DEVICE:-cuda} STEPS=${STEPS:-500} BATCH=${BATCH:-1024}
 TEST=${TEST:-1000} LR=${LR:-5e-4} REF=${REF:-}
 RES=/tmp/ft_results  # tarred at the end: the device returns a few files only
-rm -rf "$RES" && mkdir -p "$RES"  # a warm machine keeps the last call's /tmp
+rm -rf "$RES" "runs/$NAME" "runs/${NAME}_fp16" && mkdir -p "$RES"  # a warm machine keeps them
 dl() { python -m darklens "$@"; }
 
 dl simulate /tmp/ma_test --preset model_a --train 100 --val 100 --test "$TEST" --seed 2026 \

@@ -62,8 +62,10 @@ def half_copy(run: str | Path, out: str | Path) -> Path:
         os.chmod(tmp, 0o755)  # mkdtemp's 0700 would hide the run from other users
         save_file(half, str(tmp / ("best" + WEIGHTS_SUFFIX)), metadata={"format": "pt"})
         os.chmod(tmp / ("best" + WEIGHTS_SUFFIX), 0o644)
-        if (run / "config.yaml").is_file():
-            shutil.copyfile(run / "config.yaml", tmp / "config.yaml")
+        # config.yaml, and the training images' hashes: evaluate refuses those for the copy too
+        for name in ("config.yaml", "train_sha256.txt"):
+            if (run / name).is_file():
+                shutil.copyfile(run / name, tmp / name)
         meta["weights_sha256"] = file_sha256(tmp / ("best" + WEIGHTS_SUFFIX))
         meta["weights_dtype"] = "float16"
         meta["converted_from"] = {"run": str(run), "weights_sha256": source_sha}

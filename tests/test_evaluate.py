@@ -336,3 +336,17 @@ def test_evaluate_and_export_say_what_they_did(setup, tmp_path, capsys):
     assert out.startswith(f"36 images of split val: accuracy {report['accuracy']:.4f}, macro "
                           f"AUC {report['auc']['macro']:.4f} [")
     assert out.endswith(f"-> {tmp_path / 'r' / 'report.md'}")
+
+
+def test_unsplit_class_folders_point_to_split_all(tmp_path):
+    from darklens.data import open_dataset
+    from darklens.evaluation.report import _choose_split
+
+    rng = np.random.default_rng(0)
+    for name in CLASSES:
+        (tmp_path / "held_out" / name).mkdir(parents=True)
+        np.save(tmp_path / "held_out" / name / "0.npy", rng.random((1, 16, 16), dtype=np.float32))
+    ds = open_dataset(tmp_path / "held_out", progress=False)
+    with pytest.raises(DarklensError, match="no splits: --split all scores every image"):
+        _choose_split(ds, tmp_path / "held_out", "test")
+    assert len(_choose_split(ds, tmp_path / "held_out", "all")) == 3

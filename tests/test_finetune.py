@@ -94,6 +94,7 @@ def test_a_resumed_fine_tune_keeps_its_source_and_never_reloads_it(
     run = tmp_path / "ft"
     train(str(tiny_data), out=run, resume=False,
           overrides={**fixed, "time_limit_min": "1.5"}, **args)
+    assert len((run / "metrics.csv").read_text().splitlines()) == 1 + 2  # stopped after 2 of 3
     first = yaml.safe_load((run / "config.yaml").read_text())["data_info"]["init"]
     assert first["from"] == str(source_run)
 
@@ -149,3 +150,13 @@ def test_a_missing_checkpoint_is_a_one_line_error(tiny_data, tmp_path):
         train(str(tiny_data), out=tmp_path / "ft", recipe="fast", epochs=1, resume=False,
               seed=0, overrides={"init_from": str(tmp_path / "no_such_run")}, **TINY)
     assert not (tmp_path / "ft").exists()
+
+
+def test_a_fine_tune_records_the_images_its_source_run_trained_on(source_run, tmp_path):
+    """evaluate refuses what the weights have seen: the fine-tune's images and its source's."""
+    other = write_dataset(tmp_path / "other", n_train=12, n_val=4, seed=5)
+    run = train(str(other), out=tmp_path / "ft", recipe="fast", epochs=1, resume=False, seed=0,
+                overrides={"init_from": str(source_run), "bn_recalib_batches": "1"}, **TINY)
+    own = set((source_run / "train_sha256.txt").read_text().split())
+    seen = set((run / "train_sha256.txt").read_text().split())
+    assert len(own) == 96 and own < seen and len(seen) == 96 + 36

@@ -46,7 +46,8 @@ def test_simulate_refuses_zero_images_and_zero_batch(tmp_path):
     ({"lr": 1e-3}, {"lr": "2e-3"}, "--lr 0.001 and --set lr=2e-3 disagree"),
     ({"model": "resnet_tiny"}, {"model": "densenet_cbam_tiny"}, "--model resnet_tiny and"),
     ({}, {"val_fraction": "2"}, r"val_fraction=2: expected a number in \(0, 1\)"),
-    ({"batch": 0}, {}, "--batch 0: must be positive"),
+    ({"batch": 0}, {}, r"batch_size=0 \(--batch or --set\): must be positive"),
+    ({"seed": 1}, {"seed": "3"}, "--seed 1 and --set seed=3 disagree"),
 ])
 def test_train_flags_that_contradict_or_cannot_work(args, overrides, message):
     kwargs = {"recipe": "fast", "model": "resnet_tiny", "epochs": None, "batch": None,
@@ -56,6 +57,10 @@ def test_train_flags_that_contradict_or_cannot_work(args, overrides, message):
     # the same value twice is no contradiction
     build_config(recipe="fast", model="resnet_tiny", epochs=2, batch=None, lr=None, seed=0,
                  overrides={"epochs": "2", "model": "resnet_tiny"})
+    # nor is a --set beside a flag the CLI passes with its default (--model, --recipe, --seed)
+    config = build_config(recipe="fast", model="densenet_cbam", epochs=None, batch=None,
+                          lr=None, seed=0, overrides={"model": "resnet_tiny", "seed": "4"})
+    assert (config.model, config.seed) == ("resnet_tiny", 4)
 
 
 def test_a_cpu_run_records_that_autocast_was_off(tmp_path):

@@ -195,6 +195,8 @@ def test_a_float16_copy_is_half_the_bytes_predicts_as_the_original_and_packages(
     for key, value in source.items():  # floats halved, integer buffers kept
         assert stored[key].dtype == (torch.float16 if value.is_floating_point() else value.dtype)
     assert (out / "config.yaml").read_bytes() == (tiny_run["run"] / "config.yaml").read_bytes()
+    assert (out / "train_sha256.txt").read_bytes() == \
+        (tiny_run["run"] / "train_sha256.txt").read_bytes()  # evaluate's guard travels along
     model16, meta16 = load_checkpoint(out)
     assert meta16["weights_sha256"] == _sha256((out / "best.safetensors").read_bytes())
     assert meta16["weights_dtype"] == "float16"

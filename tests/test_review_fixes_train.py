@@ -269,20 +269,40 @@ def test_demo_reclaims_the_folders_of_an_interrupted_demo(tmp_path):
     assert (out / "elsewhere" / "f").exists()
 
 
-def test_a_new_run_never_writes_into_a_folder_that_holds_anything(tmp_path):
-    """Without --resume a run needs a new or empty --out: a finished run whose state file was
-    deleted, or a dataset, must not be overwritten."""
+def test_a_new_run_never_overwrites_a_run_or_a_dataset_but_restarts_a_failed_start(
+        tmp_path, monkeypatch):
+    """Without --resume a run refuses a folder holding another run's results (even with its
+    state file gone) or a config.yaml that is not a run's (a simulated dataset's); files a run
+    never writes (a job's log) stay; what a start that failed before its first checkpoint left
+    behind does not block the same command."""
+    import yaml
+
     data = write_dataset(tmp_path / "d", n_train=12, n_val=4)
     run = tmp_path / "run"
     run.mkdir()
     (run / "best.json").write_text("an old run's")
-    with pytest.raises(DarklensError, match=r"run: not empty \(best.json\); .*another --out"):
+    with pytest.raises(DarklensError, match=r"run: holds a run \(best.json\); pass --resume"):
         train(str(data), out=run, epochs=1, resume=False, **TINY)
     assert (run / "best.json").read_text() == "an old run's"
-    with pytest.raises(DarklensError, match="d: not empty"):
+    (data / "config.yaml").write_text(yaml.safe_dump({"preset": "model_a", "seed": 3}))
+    with pytest.raises(DarklensError, match="config.yaml: not a darklens run's config"):
         train(str(data), out=data, epochs=1, resume=False, **TINY)
-    (run / "best.json").unlink()  # an empty folder is fine
-    train(str(data), out=run, epochs=1, resume=False, **TINY)
+    assert yaml.safe_load((data / "config.yaml").read_text())["seed"] == 3
+
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    (fresh / "log.txt").write_text("the job's log")
+    from darklens.training import loop
+
+    with monkeypatch.context() as m:  # a start that dies in epoch 1 (a kill, an OOM)
+        m.setattr(loop, "train_one_epoch", lambda *a, **k: (_ for _ in ()).throw(
+            RuntimeError("out of memory")))
+        with pytest.raises(RuntimeError, match="out of memory"):
+            train(str(data), out=fresh, epochs=1, resume=False, **TINY)
+    assert (fresh / "config.yaml").exists() and not (fresh / "metrics.csv").exists()
+    train(str(data), out=fresh, epochs=1, resume=False, **TINY)  # the same command: runs
+    assert (fresh / "log.txt").read_text() == "the job's log"
+    assert (fresh / "metrics.csv").exists()
 
 
 def test_run_files_get_the_usual_permissions(tmp_path):

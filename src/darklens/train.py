@@ -118,18 +118,23 @@ def build_config(*, recipe: str, model: str, epochs: int | None, batch: int | No
                                  **RECIPES[recipe])
     explicit = {"epochs": epochs, "batch_size": batch, "lr": lr}
     explicit = {k: v for k, v in explicit.items() if v is not None}
-    _refuse_two_values(explicit, model, overrides or {})
+    _refuse_two_values(explicit, {"model": model, "recipe": recipe, "seed": seed},
+                       overrides or {})
     config = dataclasses.replace(config, **explicit)
     config = apply_overrides(config, overrides or {}, what="train config")
     _validate(config)
     return config
 
 
-def _refuse_two_values(explicit: dict[str, Any], model: str, overrides: dict[str, Any]) -> None:
+def _refuse_two_values(explicit: dict[str, Any], always: dict[str, Any],
+                       overrides: dict[str, Any]) -> None:
     """A flag and a ``--set`` of the same setting with different values: which one was meant
     is a guess, so neither wins silently."""
-    flags = {"epochs": "--epochs", "batch_size": "--batch", "lr": "--lr", "model": "--model"}
-    for key, value in {**explicit, "model": model}.items():
+    flags = {"epochs": "--epochs", "batch_size": "--batch", "lr": "--lr", "model": "--model",
+             "recipe": "--recipe", "seed": "--seed"}
+    # model, recipe and seed always arrive (the CLI's defaults): given only when not the default
+    given = {k: v for k, v in always.items() if v != _ALWAYS_PASSED[k]}
+    for key, value in {**explicit, **given}.items():
         if key in overrides:
             other = apply_overrides(TrainConfig(), {key: overrides[key]}, what="train config")
             if getattr(other, key) != value:
@@ -187,9 +192,10 @@ def _same_data(a: str, b: str) -> bool:
 
 
 def _validate(c: TrainConfig) -> None:
-    for key, value in (("epochs", c.epochs), ("batch", c.batch_size), ("lr", c.lr)):
+    for key, value in (("epochs", c.epochs), ("batch_size", c.batch_size), ("lr", c.lr)):
         if not (math.isfinite(value) and value > 0):
-            raise DarklensError(f"--{key} {value:g}: must be positive")
+            raise DarklensError(f"{key}={value:g} (--{key.split('_')[0]} or --set): must be "
+                                "positive")
     if not 0 < c.val_fraction < 1:
         raise DarklensError(f"val_fraction={c.val_fraction:g}: expected a number in (0, 1)")
     if c.augment not in ("d4", "none"):
@@ -388,12 +394,7 @@ def _train(data: str, *, run: Path, dev: torch.device, dist_info: distributed.Di
         if (run / state.STATE_NAME).exists():
             raise DarklensError(
                 f"{run}: already holds a run; pass --resume or choose another --out")
-        if run.is_dir() and any(run.iterdir()):  # a finished run, a dataset, anything: kept
-            raise DarklensError(f"{run}: not empty ({', '.join(sorted(os.listdir(run))[:3])}"
-                                f"{', ...' if len(os.listdir(run)) > 3 else ''}); training "
-                                "writes a new folder: choose another --out")
-        if run.exists() and not run.is_dir():
-            raise DarklensError(f"{run}: is a file; --out must be a folder")
+        _refuse_to_overwrite(run)
     world = dist_info.world_size
     if config.batch_size % world:
         raise DarklensError(f"batch {config.batch_size} does not split over {world} processes")
@@ -507,8 +508,13 @@ def _train(data: str, *, run: Path, dev: torch.device, dist_info: distributed.Di
     run.mkdir(parents=True, exist_ok=True)
     if dist_info.is_main:
         save_yaml(run / "config.yaml", resolved)
-        if train_split is not None:
-            tdata.write_train_hashes(run, train_split.sha256)
+        # the images this run's weights have seen: its own, and a fine-tune's source run's
+        seen = list(train_split.sha256) if train_split is not None else []
+        source = str((data_info.get("init") or {}).get("source") or "")
+        if source and not source.startswith("pretrained:"):
+            seen += sorted(tdata.read_train_hashes(Path(source).parent) or ())
+        if seen:
+            tdata.write_train_hashes(run, seen)
         if data_info.get("stratified_val"):
             tdata.write_val_split(run, seed=config.seed, fraction=config.val_fraction,
                                   val_paths=val.paths)
@@ -608,6 +614,35 @@ def _warn_if_other_size(spec: str, source_size: list | None, input_size: list) -
     if source_size and list(source_size) != list(input_size):
         warnings.warn(f"init_from={spec}: its images were {source_size[0]}x{source_size[1]}, "
                       f"this run's are {input_size[0]}x{input_size[1]}", stacklevel=3)
+
+
+#: what a run writes from its first epoch on: finding any of these, a new run would overwrite
+#: a run (finished, or stopped after an epoch: --resume continues it)
+_RUN_RESULTS = ("metrics.csv", "best.json", "best.safetensors", "last.json", "last.safetensors")
+
+
+def _refuse_to_overwrite(run: Path) -> None:
+    """A new run never overwrites another run's results or a file that is not a run's.
+
+    Files a run writes before its first checkpoint (config.yaml, train_sha256.txt,
+    val_split.json) may be those of a start that failed (diverged, killed during compile):
+    the same command then starts again. Files a run never writes (a job's log) are left alone.
+    """
+    if run.exists() and not run.is_dir():
+        raise DarklensError(f"{run}: is a file; --out must be a folder")
+    found = [name for name in _RUN_RESULTS if (run / name).exists()]
+    if found:
+        raise DarklensError(f"{run}: holds a run ({', '.join(found)}); pass --resume to continue "
+                            "it, or choose another --out")
+    config = run / "config.yaml"
+    if config.exists():
+        try:
+            record = yaml.safe_load(config.read_text())
+        except (OSError, UnicodeDecodeError, yaml.YAMLError):
+            record = None
+        if not (isinstance(record, dict) and "recipe" in record and "data_info" in record):
+            raise DarklensError(f"{config}: not a darklens run's config (a dataset's?); "
+                                "training would overwrite it: choose another --out")
 
 
 def _limit_spent(config: TrainConfig, trained_s: float) -> bool:

@@ -34,9 +34,15 @@ def _choose_split(ds, data: str | Path, split: str):
     """
     if split != ALL_SPLIT and split not in ds.splits:
         others = [s for s in ds.splits if s not in ("train", ALL_SPLIT)]
-        hint = (f"choose one with --split {'|'.join(others)}" if others else
-                "it holds training images only: score the model on a dataset with a test "
-                "split (e.g. darklens simulate OUT --preset model_a --test 1000)")
+        if others:
+            hint = f"choose one with --split {'|'.join(others)}"
+        elif ds.splits == [ALL_SPLIT]:  # unsplit class folders: a held-out set, or not
+            hint = ("its class folders have no splits: --split all scores every image (a run "
+                    "that trained on them is refused)")
+        else:
+            hint = ("it holds training images only: score the model on a dataset with a test "
+                    "split (e.g. darklens simulate OUT --preset model_a --train 0 --val 0 "
+                    "--test 1000)")
         raise DarklensError(f"{data}: no {split!r} split to evaluate (available: "
                             f"{', '.join(ds.splits)}); {hint}")
     return ds.split(split)

@@ -197,8 +197,9 @@ def load_array_splits(data: str, *, seed: int, val_fraction: float, device: torc
         leaked = shared_images(test.sha256, test.paths, tr_sha)
         if leaked:
             warnings.warn(f"{data}: {len(leaked)} test images are also training images (e.g. "
-                          f"{leaked[0]}); darklens evaluate will refuse to score them",
-                          stacklevel=2)
+                          f"{leaked[0]}, by content hash); darklens evaluate will refuse to "
+                          "score this test split: remove the duplicates (darklens inspect lists "
+                          "them)", stacklevel=2)
     if len(tr_idx) == 0 or len(va_idx) == 0:
         raise DarklensError(f"{data}: need images in both train and val")
 
