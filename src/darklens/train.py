@@ -286,7 +286,12 @@ def _init_weights(c: TrainConfig) -> tuple[dict, dict]:
     """The weights ``init_from`` names, checked against the run: the same model, model kwargs
     and preprocessing, since weights fitted to other inputs would start from a wrong place
     silently. Returns the state_dict and what config.yaml records about its source."""
-    from darklens.checkpoint import clean_state_dict, file_sha256, load_checkpoint
+    from darklens.checkpoint import (
+        PRETRAINED_PREFIX,
+        clean_state_dict,
+        file_sha256,
+        load_checkpoint,
+    )
 
     spec = f"init_from={c.init_from}"
     try:
@@ -308,7 +313,8 @@ def _init_weights(c: TrainConfig) -> tuple[dict, dict]:
                             f"pixel - {c.subtract:g}; pass --set subtract={subtract:g}")
     # the JSON's hash when it has one (load_checkpoint has checked it), else the file's own
     sha = meta.get("weights_sha256") or (
-        None if str(meta["source"]).startswith("pretrained:") else file_sha256(meta["source"]))
+        None if str(meta["source"]).startswith(PRETRAINED_PREFIX)
+        else file_sha256(meta["source"]))
     info = {"from": c.init_from, "weights_sha256": sha, "source": meta.get("source"),
             "input_size": (meta.get("preprocessing") or {}).get("input_size")}
     return clean_state_dict(source), info
@@ -360,7 +366,7 @@ def train(data: str, *, model: str = "densenet_cbam", out: str | Path, recipe: s
 
 def _train(data: str, *, run: Path, dev: torch.device, dist_info: distributed.DistInfo,
            resume: bool, allow_pickle: bool, config_args: dict) -> Path:
-    from darklens.checkpoint import save_checkpoint
+    from darklens.checkpoint import PRETRAINED_PREFIX, save_checkpoint
     from darklens.models import create_model
     from darklens.training.signal import SignalSupervised
 
@@ -391,9 +397,6 @@ def _train(data: str, *, run: Path, dev: torch.device, dist_info: distributed.Di
         config = _recipe_curriculum(build_config(**config_args), str(data),
                                     asked=set(config_args.get("overrides") or {}))
         end_epoch = config.epochs
-        if (run / state.STATE_NAME).exists():
-            raise DarklensError(
-                f"{run}: already holds a run; pass --resume or choose another --out")
         _refuse_to_overwrite(run)
     world = dist_info.world_size
     if config.batch_size % world:
@@ -500,8 +503,7 @@ def _train(data: str, *, run: Path, dev: torch.device, dist_info: distributed.Di
 
     resolved = {**to_dict(config), "data": str(data), "world_size": world, "device": str(dev),
                 "compiled": compiled, "data_info": data_info,
-                # what ran: autocast is CUDA-only (loop.autocast), so CPU runs stay fp32
-                "amp_in_effect": config.amp if dev.type == "cuda" else "none"}
+                "amp_in_effect": loop.amp_in_effect(dev, config.amp)}
     if end_epoch < config.epochs:  # a resumed run whose budget already fitted its epochs
         resolved["fitted_epochs"] = end_epoch
     # Training starts: only now does the run folder appear (a refused run leaves nothing).
@@ -511,7 +513,7 @@ def _train(data: str, *, run: Path, dev: torch.device, dist_info: distributed.Di
         # the images this run's weights have seen: its own, and a fine-tune's source run's
         seen = list(train_split.sha256) if train_split is not None else []
         source = str((data_info.get("init") or {}).get("source") or "")
-        if source and not source.startswith("pretrained:"):
+        if source and not source.startswith(PRETRAINED_PREFIX):
             seen += sorted(tdata.read_train_hashes(Path(source).parent) or ())
         if seen:
             tdata.write_train_hashes(run, seen)
@@ -618,7 +620,8 @@ def _warn_if_other_size(spec: str, source_size: list | None, input_size: list) -
 
 #: what a run writes from its first epoch on: finding any of these, a new run would overwrite
 #: a run (finished, or stopped after an epoch: --resume continues it)
-_RUN_RESULTS = ("metrics.csv", "best.json", "best.safetensors", "last.json", "last.safetensors")
+_RUN_RESULTS = (state.STATE_NAME, "metrics.csv", "best.json", "best.safetensors", "last.json",
+                "last.safetensors")
 
 
 def _refuse_to_overwrite(run: Path) -> None:

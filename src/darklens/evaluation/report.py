@@ -56,10 +56,11 @@ def _refuse_training_images(part, ds, data: str | Path, meta: dict) -> None:
     on fresh simulated images), images this dataset also holds in its train split are a warning:
     the numbers may be fine for this model, but the dataset is not a clean benchmark.
     """
+    from darklens.checkpoint import PRETRAINED_PREFIX
     from darklens.training.data import read_train_hashes, shared_images
 
     source = str(meta.get("source", ""))
-    trained = (None if not source or source.startswith("pretrained:")
+    trained = (None if not source or source.startswith(PRETRAINED_PREFIX)
                else read_train_hashes(Path(source).parent))
     if trained:
         seen = shared_images(part.sha256, part.paths, trained)

@@ -71,9 +71,14 @@ class EMA:
         return self.module.state_dict()
 
 
+def amp_in_effect(device: torch.device, amp: str) -> str:
+    """The autocast that ``amp`` gives on ``device``: bf16 on CUDA only (CPU runs stay fp32)."""
+    return amp if amp == "bf16" and device.type == "cuda" else "none"
+
+
 def autocast(device: torch.device, amp: str):
     """bf16 autocast on CUDA when asked; a no-op context otherwise (CPU runs stay fp32)."""
-    if amp == "bf16" and device.type == "cuda":
+    if amp_in_effect(device, amp) == "bf16":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
 

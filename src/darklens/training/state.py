@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from darklens.config import usual_permissions
+from darklens.config import atomic_write_text, usual_permissions
 from darklens.errors import DarklensError
 
 STATE_NAME = "last.state.pt"
@@ -88,18 +88,12 @@ def write_metrics_csv(run: Path, rows: list[dict[str, Any]]) -> None:
     if not rows:
         return
     fields = list(rows[0])
-    fd, tmp = tempfile.mkstemp(dir=run, prefix=f".{METRICS_NAME}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=fields)
-            w.writeheader()
-            for row in rows:
-                w.writerow({k: _fmt(row.get(k)) for k in fields})
-        usual_permissions(tmp)
-        os.replace(tmp, run / METRICS_NAME)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    buf = io.StringIO(newline="")
+    w = csv.DictWriter(buf, fieldnames=fields)
+    w.writeheader()
+    for row in rows:
+        w.writerow({k: _fmt(row.get(k)) for k in fields})
+    atomic_write_text(run / METRICS_NAME, buf.getvalue())
 
 
 def _fmt(v: Any) -> Any:
