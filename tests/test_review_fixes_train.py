@@ -284,6 +284,10 @@ def test_a_new_run_never_overwrites_a_run_or_a_dataset_but_restarts_a_failed_sta
     with pytest.raises(DarklensError, match=r"run: holds a run \(best.json\); pass --resume"):
         train(str(data), out=run, epochs=1, resume=False, **TINY)
     assert (run / "best.json").read_text() == "an old run's"
+    (run / "best.json").unlink()
+    (run / "last.state.pt").write_text("a stopped run's state")  # --resume continues it
+    with pytest.raises(DarklensError, match=r"run: holds a run \(last.state.pt\); pass --resume"):
+        train(str(data), out=run, epochs=1, resume=False, **TINY)
     (data / "config.yaml").write_text(yaml.safe_dump({"preset": "model_a", "seed": 3}))
     with pytest.raises(DarklensError, match="config.yaml: not a darklens run's config"):
         train(str(data), out=data, epochs=1, resume=False, **TINY)

@@ -88,6 +88,7 @@ def cleanup(info: DistInfo) -> None:
         # Objects in reference cycles (e.g. a failed trial step's traceback and autograd graph,
         # train._try_compile) must go while the process group and the interpreter are whole:
         # freed at interpreter exit instead, gloo aborted ("terminate called without an active
-        # exception") in about 1 of 25 runs of tests/scripts/ddp_compile_fault.py.
+        # exception") in 2 of 50 runs of tests/scripts/ddp_compile_fault.py, 0 of 60 with this
+        # (separate runs on the 2-core CPU; benchmarks/repeat_ddp_fault.sh counts them).
         gc.collect()
         dist.destroy_process_group()
